@@ -1,0 +1,143 @@
+"""Fast weights: per-micro-batch LoRA pairs on the FFN projections of the top layers.
+
+The pairs are not parameters. Each target projection becomes a
+:class:`FastLoRALinear` whose ``fast_a`` / ``fast_b`` are non-persistent buffers
+left at ``None``; :func:`torch.func.functional_call` fills them for one forward.
+So they never reach ``state_dict``, the optimizer, a checkpoint or FSDP, and a
+model without them filled is exactly the base model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchtune.modules import TransformerDecoder
+
+# Paper (HF) projection names -> torchtune FeedForward attribute names.
+FFN_PROJECTIONS: dict[str, str] = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+
+FastWeights = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FastWeightConfig:
+    """Shape of the fast weights (paper Table 5 defaults)."""
+
+    rank: int = 32
+    alpha: float = 64.0
+    layer_fraction: float = 0.35
+    target_modules: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"fast-weight rank must be an integer >= 1, got {self.rank!r}.")
+        if not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ValueError(f"fast-weight alpha must be a finite number > 0, got {self.alpha!r}.")
+        if not 0.0 < self.layer_fraction <= 1.0:
+            raise ValueError(f"layer_fraction must be in (0, 1], got {self.layer_fraction!r}.")
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one projection.")
+        unknown = [m for m in self.target_modules if m not in FFN_PROJECTIONS]
+        if unknown:
+            raise ValueError(f"Unknown target module(s) {unknown}; expected a subset of {list(FFN_PROJECTIONS)}.")
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ValueError(f"target_modules has duplicates: {list(self.target_modules)}.")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def first_adapted_layer(self, num_layers: int) -> int:
+        """Index of the lowest adapted layer: layers ``start .. L-1`` carry fast weights."""
+        return int(num_layers * (1 - self.layer_fraction))
+
+
+class FastLoRALinear(nn.Linear):
+    """``nn.Linear`` plus an optional functional low-rank delta ``scale * (x Aᵀ) Bᵀ``.
+
+    The base weight keeps its parameter name, so checkpoints and FSDP see a plain
+    linear layer. The fast weights are kept in fp32 and cast to the activation dtype
+    in the forward pass, so bf16 training still updates them in full precision.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, scale: float, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.scale = scale
+        self.register_buffer("fast_a", None, persistent=False)
+        self.register_buffer("fast_b", None, persistent=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scale: float) -> FastLoRALinear:
+        """Wrap ``linear``'s own parameters (no copy)."""
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, scale=scale, device="meta")
+        module.weight = linear.weight
+        module.bias = linear.bias
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if self.fast_a is None:
+            return y
+        low_rank = F.linear(F.linear(x, self.fast_a.to(x.dtype)), self.fast_b.to(x.dtype))
+        return y + self.scale * low_rank
+
+
+@dataclass(frozen=True)
+class FastWeightSlots:
+    """Where the fast weights of a model go, and how to make a fresh set.
+
+    Names are relative to a transformer layer (``"mlp.w1.fast_a"``) so that each
+    layer can be run with :func:`torch.func.functional_call` on its own.
+    """
+
+    config: FastWeightConfig
+    first_layer: int
+    num_layers: int
+    shapes: dict[str, tuple[int, int]]  # projection attribute -> (in_features, out_features)
+
+    @property
+    def layers(self) -> range:
+        return range(self.first_layer, self.num_layers)
+
+    def names(self) -> list[tuple[int, str, str]]:
+        """``(layer, a_name, b_name)`` for every adapted projection, in a fixed order."""
+        return [(layer, f"mlp.{proj}.fast_a", f"mlp.{proj}.fast_b") for layer in self.layers for proj in self.shapes]
+
+    def init(self, generator: torch.Generator, device: torch.device | str = "cpu") -> dict[int, FastWeights]:
+        """Fresh fast weights: A ~ kaiming_uniform(a=√5) (the ``nn.Linear`` default), B = 0.
+
+        Drawn on the CPU from ``generator`` so a seed gives the same weights on any device.
+        """
+        weights: dict[int, FastWeights] = {layer: {} for layer in self.layers}
+        for layer in self.layers:
+            for proj, (in_features, out_features) in self.shapes.items():
+                a = torch.empty(self.config.rank, in_features)
+                nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+                weights[layer][f"mlp.{proj}.fast_a"] = a.to(device)
+                weights[layer][f"mlp.{proj}.fast_b"] = torch.zeros(out_features, self.config.rank, device=device)
+        return weights
+
+
+def attach_fast_weight_slots(model: TransformerDecoder, config: FastWeightConfig) -> FastWeightSlots:
+    """Turn the target FFN projections of the top layers into :class:`FastLoRALinear`.
+
+    Call before sharding the model; parameters are shared, not copied, and keep their names.
+    """
+    num_layers = len(model.layers)
+    first = config.first_adapted_layer(num_layers)
+    shapes: dict[str, tuple[int, int]] = {}
+    for layer in model.layers[first:]:
+        for name in config.target_modules:
+            proj = FFN_PROJECTIONS[name]
+            linear = getattr(layer.mlp, proj, None)
+            if not isinstance(linear, nn.Linear):
+                raise ValueError(f"Layer has no linear FFN projection mlp.{proj} ({name}) to adapt.")
+            if not isinstance(linear, FastLoRALinear):
+                setattr(layer.mlp, proj, FastLoRALinear.from_linear(linear, config.scale))
+            shapes[proj] = (linear.in_features, linear.out_features)
+    return FastWeightSlots(config=config, first_layer=first, num_layers=num_layers, shapes=shapes)

@@ -1,0 +1,121 @@
+"""The FocuSFT attention mask: bidirectional inside context turns, causal elsewhere.
+
+One ``mask_mod`` defines the mask (DESIGN.md section 2). It is materialised either
+as a FlexAttention ``BlockMask`` (GPU: no S x S tensor) or as a dense bool
+``[b, s, s]`` tensor (CPU, where FlexAttention has no backward). torchtune's
+``TransformerDecoder.forward(mask=...)`` accepts both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask
+
+MaskMode = Literal["bidir_context", "causal"]
+MASK_MODES: tuple[str, ...] = get_args(MaskMode)
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+AttentionMask = torch.Tensor | BlockMask
+
+
+def check_mask_mode(mode: str) -> None:
+    if mode not in MASK_MODES:
+        raise ValueError(f"Unknown attention mask mode {mode!r}; expected one of {MASK_MODES}.")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Per-token structure of a batch, the only input the mask needs.
+
+    Attributes:
+        context: ``[b, s]`` bool, True where the token is not trained on (system,
+            user, tool output, chat-template tokens).
+        doc: ``[b, s]`` int, document id of each token in a packed row.
+        valid: ``[b, s]`` bool, False on padding.
+    """
+
+    context: torch.Tensor
+    doc: torch.Tensor
+    valid: torch.Tensor
+
+    def __post_init__(self) -> None:
+        shapes = {name: tuple(getattr(self, name).shape) for name in ("context", "doc", "valid")}
+        if len(set(shapes.values())) != 1 or len(shapes["context"]) != 2:
+            raise ValueError(f"TokenLayout needs context, doc and valid of one shape [batch, seq_len]; got {shapes}.")
+        for name in ("context", "valid"):
+            if getattr(self, name).dtype != torch.bool:
+                raise ValueError(f"TokenLayout.{name} must be a bool tensor, got {getattr(self, name).dtype}.")
+        if self.doc.dtype.is_floating_point or self.doc.dtype == torch.bool:
+            raise ValueError(f"TokenLayout.doc must be an integer tensor, got {self.doc.dtype}.")
+
+    @classmethod
+    def single_document(cls, context: torch.Tensor) -> TokenLayout:
+        """Layout of unpacked, unpadded rows: one document per row."""
+        return cls(context=context, doc=torch.zeros_like(context, dtype=torch.long), valid=torch.ones_like(context))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.context.shape)  # type: ignore[return-value]
+
+    def to(self, device: torch.device | str) -> TokenLayout:
+        return TokenLayout(self.context.to(device), self.doc.to(device), self.valid.to(device))
+
+    def turn_ids(self) -> torch.Tensor:
+        """``[b, s]`` id of each token's turn: a new turn starts wherever ``context`` or ``doc`` changes."""
+        change = (self.context[:, 1:] != self.context[:, :-1]) | (self.doc[:, 1:] != self.doc[:, :-1])
+        starts = torch.cat([torch.zeros_like(change[:, :1]), change], dim=1)
+        return starts.long().cumsum(dim=1)
+
+
+def focus_mask_mod(layout: TokenLayout, mode: MaskMode) -> MaskMod:
+    """``mask_mod(b, h, q, k)`` of DESIGN.md section 2 for ``layout``."""
+    check_mask_mode(mode)
+    context, doc, valid = layout.context, layout.doc, layout.valid
+    turn = layout.turn_ids()
+    bidirectional = mode == "bidir_context"
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        visible = k <= q
+        if bidirectional:
+            visible = visible | (context[b, q] & context[b, k] & (turn[b, q] == turn[b, k]))
+        same_doc = valid[b, q] & valid[b, k] & (doc[b, q] == doc[b, k])
+        return (q == k) | (same_doc & visible)
+
+    return mask_mod
+
+
+def dense_mask(layout: TokenLayout, mode: MaskMode) -> torch.Tensor:
+    """Bool ``[b, s, s]`` mask (True = may attend), for SDPA."""
+    b, s = layout.shape
+    mask = create_mask(focus_mask_mod(layout, mode), b, None, s, s, device=layout.context.device)
+    return mask[:, 0]
+
+
+def block_mask(layout: TokenLayout, mode: MaskMode, block_size: int = 128) -> BlockMask:
+    """FlexAttention ``BlockMask`` of the same ``mask_mod``."""
+    b, s = layout.shape
+    return create_block_mask(
+        focus_mask_mod(layout, mode), b, None, s, s, device=layout.context.device, BLOCK_SIZE=block_size
+    )
+
+
+def document_positions(doc: torch.Tensor) -> torch.Tensor:
+    """RoPE positions that restart at 0 at each packed document's first token."""
+    s = doc.shape[1]
+    index = torch.arange(s, device=doc.device).expand_as(doc)
+    starts = torch.ones_like(doc, dtype=torch.bool)
+    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    start_index = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - start_index
+
+
+def build_mask(layout: TokenLayout, mode: MaskMode, kind: Literal["dense", "block"]) -> AttentionMask:
+    """The mask for one micro-batch, in the representation the attention kernel needs."""
+    if kind == "dense":
+        return dense_mask(layout, mode)
+    if kind == "block":
+        return block_mask(layout, mode)
+    raise ValueError(f"Unknown mask kind {kind!r}; expected 'dense' or 'block'.")

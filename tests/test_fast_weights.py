@@ -1,0 +1,96 @@
+"""Fast-weight slots: where they go, what they leave untouched, what they compute."""
+
+import math
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from focusft.fast_weights import FastLoRALinear, FastWeightConfig, attach_fast_weight_slots
+from focusft.tiny import seeded_tiny_qwen2_5
+
+
+def test_slots_go_on_the_top_layers_ffn_only():
+    model = seeded_tiny_qwen2_5(0, num_layers=6)
+    slots = attach_fast_weight_slots(model, FastWeightConfig(layer_fraction=0.35))
+    assert slots.first_layer == int(6 * 0.65) == 3
+    for index, layer in enumerate(model.layers):
+        for proj in ("w1", "w2", "w3"):
+            assert isinstance(getattr(layer.mlp, proj), FastLoRALinear) == (index >= 3)
+        assert not any(isinstance(m, FastLoRALinear) for m in layer.attn.modules())
+
+
+def test_qwen2_5_7b_layer_choice_matches_the_paper():
+    assert FastWeightConfig(layer_fraction=0.35).first_adapted_layer(28) == 18  # "top 10 of 28"
+
+
+def test_target_modules_select_projections():
+    model = seeded_tiny_qwen2_5(0)
+    slots = attach_fast_weight_slots(model, FastWeightConfig(target_modules=("down_proj",), layer_fraction=1.0))
+    assert set(slots.shapes) == {"w2"}
+    assert all(isinstance(layer.mlp.w2, FastLoRALinear) for layer in model.layers)
+    assert not any(isinstance(layer.mlp.w1, FastLoRALinear) for layer in model.layers)
+
+
+def test_slots_leave_state_dict_parameters_and_outputs_unchanged():
+    plain = seeded_tiny_qwen2_5(0)
+    model = seeded_tiny_qwen2_5(0)
+    attach_fast_weight_slots(model, FastWeightConfig())
+    assert list(model.state_dict()) == list(plain.state_dict())
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    assert not any("fast" in n for n in model.state_dict())
+    tokens = torch.randint(0, 500, (2, 20))
+    torch.testing.assert_close(model(tokens), plain(tokens), atol=0, rtol=0)
+
+
+def test_initial_fast_weights_leave_the_model_output_unchanged():
+    model = seeded_tiny_qwen2_5(0)
+    slots = attach_fast_weight_slots(model, FastWeightConfig())
+    fast = slots.init(torch.Generator().manual_seed(1))
+    flat = {f"layers.{layer}.{name}": t for layer, ws in fast.items() for name, t in ws.items()}
+    tokens = torch.randint(0, 500, (2, 20))
+    torch.testing.assert_close(functional_call(model, flat, (tokens,), strict=False), model(tokens), atol=0, rtol=0)
+    assert set(fast) == set(range(slots.first_layer, 4))
+    for ws in fast.values():
+        for name, t in ws.items():
+            if name.endswith("fast_b"):
+                assert not t.any()
+            else:
+                bound = 1 / math.sqrt(t.shape[1])  # kaiming_uniform(a=√5) on [rank, in]
+                assert t.shape[0] == 32 and t.abs().max() <= bound and t.abs().max() > 0.5 * bound
+    assert not any("fast" in n for n in model.state_dict())
+    assert all(m.fast_a is None for m in model.modules() if isinstance(m, FastLoRALinear))
+
+
+def test_initial_fast_weights_are_deterministic_by_seed():
+    slots = attach_fast_weight_slots(seeded_tiny_qwen2_5(0), FastWeightConfig())
+    a = slots.init(torch.Generator().manual_seed(5))
+    b = slots.init(torch.Generator().manual_seed(5))
+    c = slots.init(torch.Generator().manual_seed(6))
+    key = (slots.first_layer, "mlp.w1.fast_a")
+    assert torch.equal(a[key[0]][key[1]], b[key[0]][key[1]])
+    assert not torch.equal(a[key[0]][key[1]], c[key[0]][key[1]])
+
+
+def test_fast_lora_linear_computes_the_adapted_projection():
+    linear = torch.nn.Linear(8, 6, bias=True)
+    module = FastLoRALinear.from_linear(linear, scale=2.0)
+    a, b, x = torch.randn(3, 8), torch.randn(6, 3), torch.randn(5, 8)
+    out = functional_call(module, {"fast_a": a, "fast_b": b}, (x,), strict=False)
+    torch.testing.assert_close(out, x @ linear.weight.T + linear.bias + 2.0 * (x @ a.T) @ b.T)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"layer_fraction": 0.0}, "layer_fraction"),
+        ({"layer_fraction": 1.5}, "layer_fraction"),
+        ({"rank": 0}, "rank"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"target_modules": ("q_proj",)}, "Unknown target module"),
+        ({"target_modules": ()}, "at least one"),
+    ],
+)
+def test_bad_fast_weight_config_is_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FastWeightConfig(**kwargs)
