@@ -200,3 +200,18 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     eos_id = next(t["id"] for t in eos["added_tokens"] if t["content"] == "<|im_end|>")
     (out / "config.json").write_text(json.dumps(hf_config(config, eos_token_id=eos_id), indent=2))
     return out
+
+
+def main() -> None:
+    """``python -m focusft.tiny OUT_DIR``: write the tiny checkpoint directory for the demo and tests."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(f"Wrote tiny Qwen2.5-architecture checkpoint to {write_tiny_checkpoint(args.out_dir, args.seed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""FocuSFT training recipe: torchtune + FSDP2, one config section for the paper's four variants.
+
+    tune run --nproc_per_node 8 recipes/focusft_distributed.py --config configs/qwen2_5/7B_focusft.yaml
+    tune run --nproc_per_node 2 recipes/focusft_distributed.py --config configs/tiny/focusft_cpu.yaml
+
+Per micro-batch: build one attention mask (``focusft.attention``), run the trunk
+(layers without fast weights) once, K inner steps on fresh fast weights, then the
+outer response loss (:func:`focusft.bilevel.bilevel_step`), and backpropagate it into
+θ. The outer loss is normalised by the response tokens of the whole global batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import resource
+import sys
+import time
+from functools import partial
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.distributed import all_gather_object, all_reduce, barrier, destroy_process_group, init_process_group
+from torch.distributed.tensor import DTensor
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
+from torchtune import config, training, utils
+from torchtune.recipe_interfaces import FTRecipeInterface
+from torchtune.training.lr_schedulers import get_lr
+from tqdm import tqdm
+
+from focusft.batch import prepare_batch
+from focusft.bilevel import bilevel_step
+from focusft.checkpointing import CheckpointManager
+from focusft.config import ConfigError, FocusConfig, check_input_files, check_training_values
+from focusft.fast_weights import attach_fast_weight_slots
+from focusft.masks import build_mask
+from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
+
+log = utils.get_logger("INFO")
+
+# Index of each per-step statistic in the tensor all-reduced once per optimizer step.
+LOSS_SUM, TOKENS, INPUT_TOKENS, SKIPPED, DELTA_SUM, MICRO_BATCHES, INNER_LOSSES = range(7)
+
+
+def fast_weight_seed(seed: int, step: int, micro_batch: int) -> int:
+    """Seed of φ_0 for one micro-batch: a function of where it sits in the run, not of the world size.
+
+    ``micro_batch`` is ``accumulation_index * world_size + rank``, so 2 ranks × 1 micro-batch
+    and 1 rank × 2 accumulated micro-batches draw the same fast weights for the same samples.
+    """
+    return hash((seed, step, micro_batch)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class FocuSFTRecipeDistributed(FTRecipeInterface):
+    """Full fine-tuning of a torchtune decoder with the FocuSFT bilevel step, sharded with FSDP2."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        # Everything that can be checked without a model is checked first.
+        self.focus = FocusConfig.from_section(cfg.get("focusft"))
+        check_training_values(cfg)
+        if not cfg.get("resume_from_checkpoint", False):
+            check_input_files(cfg)
+
+        self.device = utils.get_device(device=cfg.device)
+        self.dtype = training.get_dtype(cfg.dtype, device=self.device)
+        self.mask_kind = self.focus.mask_kind(self.device)
+        init_process_group(training.get_distributed_backend(self.device.type))
+        self.world_size, self.rank = utils.get_world_size_and_rank()
+        self.is_rank_zero = self.rank == 0
+
+        self.seed = training.set_seed(seed=cfg.seed)
+        self.output_dir = cfg.output_dir
+        self.total_epochs = cfg.epochs
+        self.max_steps_per_epoch = cfg.get("max_steps_per_epoch")
+        self.grad_accum = cfg.gradient_accumulation_steps
+        self.clip_grad_norm = cfg.get("clip_grad_norm")
+        self.save_every_n_steps = cfg.get("save_every_n_steps")
+        self.stop_after_step = cfg.get("stop_after_step")
+        self.log_every_n_steps = cfg.get("log_every_n_steps", 1)
+        self.inner = self.focus.inner_loop
+
+        self.epochs_run = 0
+        self.global_step = 0
+        self.steps_in_epoch = 0  # optimizer steps already taken in the current epoch (on resume)
+
+    def setup(self, cfg: DictConfig) -> None:
+        self.checkpoints = CheckpointManager(
+            cfg.checkpointer, self.output_dir, cfg.get("resume_from_checkpoint", False)
+        )
+        recipe_state = self.checkpoints.load_recipe_state()
+
+        self.tokenizer = config.instantiate(cfg.tokenizer)
+        self.dataloader = self._setup_data(cfg)
+        batches_per_step = self.grad_accum
+        self.steps_per_epoch = len(self.dataloader) // batches_per_step
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"The dataset has {len(self.dataloader.dataset)} samples, but one optimizer step needs "
+                f"world_size × batch_size × gradient_accumulation_steps = "
+                f"{self.world_size} × {cfg.batch_size} × {self.grad_accum} of them."
+            )
+        if self.max_steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, self.max_steps_per_epoch)
+        self.total_steps = self.total_epochs * self.steps_per_epoch
+
+        self.model, self.slots = self._setup_model(cfg)
+        self.optimizer = config.instantiate(cfg.optimizer, self.model.parameters())
+        self.lr_scheduler = self._setup_lr_scheduler(cfg)
+        if recipe_state is not None:
+            self._restore(recipe_state)
+
+        if self.is_rank_zero:
+            self.metric_logger = config.instantiate(cfg.metric_logger)
+            self.metric_logger.log_config(cfg)
+            log.info(
+                f"{self.focus.variant}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
+                f"{self.world_size} process(es), {self.mask_kind} mask, fast weights on layers "
+                f"{self.slots.first_layer}..{self.slots.num_layers - 1}"
+            )
+
+    def _setup_data(self, cfg: DictConfig) -> StatefulDataLoader:
+        dataset = config.instantiate(cfg.dataset, self.tokenizer)
+        module, _, name = cfg.get("collate_fn", "focusft.data.collate_focus_batch").rpartition(".")
+        collate = getattr(importlib.import_module(module), name)
+        sampler = StatefulDistributedSampler(
+            dataset, num_replicas=self.world_size, rank=self.rank, shuffle=cfg.get("shuffle", True), seed=cfg.seed
+        )
+        return StatefulDataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            collate_fn=partial(collate, padding_idx=self.tokenizer.pad_id, ignore_idx=IGNORE_INDEX),
+            drop_last=True,
+        )
+
+    def _setup_model(self, cfg: DictConfig):
+        """Build on the meta device, add fast-weight slots, shard, then load the weights."""
+        with training.set_default_dtype(self.dtype), torch.device("meta"):
+            decoder = config.instantiate(cfg.model)
+        slots = attach_fast_weight_slots(decoder, self.focus.fast_weights)
+        model = SplitDecoder(decoder, slots, activation_checkpointing=cfg.get("enable_activation_checkpointing", False))
+        if cfg.get("compile", False):
+            # Per layer, like torchtune's compile_model, but with dynamic shapes from the start: an
+            # automatic static->dynamic recompile between a layer's forward and its activation-
+            # checkpoint recomputation would replay a different graph.
+            for layer in decoder.layers:
+                layer.compile(dynamic=True)
+        shard_split_decoder(model, reshard_after_forward=cfg.get("fsdp_reshard_after_forward", True))
+        with training.set_default_dtype(self.dtype), self.device:
+            for module in model.modules():
+                if hasattr(module, "rope_init"):
+                    module.rope_init()
+        state = {f"decoder.{k}": v for k, v in self.checkpoints.load_model_state().items()}
+        training.load_from_full_model_state_dict(model, state, self.device, strict=True)
+        training.validate_no_params_on_meta_device(model)
+        return model, slots
+
+    def _setup_lr_scheduler(self, cfg: DictConfig):
+        if cfg.get("lr_scheduler") is None:
+            return None
+        warmup = math.ceil(cfg.get("warmup_ratio", 0.0) * self.total_steps)
+        return config.instantiate(
+            cfg.lr_scheduler, self.optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps
+        )
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the saved run stopped: weights are already loaded."""
+        saved = (state["seed"], state["world_size"], state["steps_per_epoch"])
+        if saved != (self.seed, self.world_size, self.steps_per_epoch):
+            raise ConfigError(
+                f"The checkpoint was made with (seed, world_size, steps_per_epoch) = {saved}; this run has "
+                f"{(self.seed, self.world_size, self.steps_per_epoch)}. Resume with the same seed, data and processes."
+            )
+        training.load_from_full_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], self.device)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.epochs_run, self.global_step = state["epoch"], state["global_step"]
+        self.steps_in_epoch = state["steps_in_epoch"]
+        if state["dataloader"] is not None:
+            self.dataloader.load_state_dict(state["dataloader"])
+        torch.set_rng_state(state["rng"][self.rank])
+
+    def train(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        for epoch in range(self.epochs_run, self.total_epochs):
+            self.dataloader.sampler.set_epoch(epoch)
+            progress = tqdm(
+                total=self.steps_per_epoch,
+                initial=self.steps_in_epoch,
+                disable=not self.is_rank_zero,
+                desc=f"epoch {epoch + 1}",
+            )
+            stats = self._new_stats()
+            start = time.perf_counter()
+            for index, batch in enumerate(self.dataloader):
+                self._micro_batch(batch, index % self.grad_accum, stats)
+                if (index + 1) % self.grad_accum:
+                    continue
+                lr, grad_norm = self._optimizer_step(stats)
+                self.global_step += 1
+                self.steps_in_epoch += 1
+                progress.update(1)
+                if self.global_step % self.log_every_n_steps == 0:
+                    self._log(stats, lr, grad_norm, time.perf_counter() - start, progress)
+                stats, start = self._new_stats(), time.perf_counter()
+
+                end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
+                stopping = self.global_step == self.stop_after_step
+                if not end_of_epoch and (
+                    stopping or (self.save_every_n_steps and self.global_step % self.save_every_n_steps == 0)
+                ):
+                    self._save(f"step_{self.global_step}", epoch, mid_epoch=True)
+                if end_of_epoch or stopping:
+                    break
+            progress.close()
+            if self.steps_in_epoch == self.steps_per_epoch:
+                self.epochs_run, self.steps_in_epoch = epoch + 1, 0
+                self._save(f"epoch_{epoch}", epoch + 1, mid_epoch=False)
+            if self.global_step == self.stop_after_step:
+                log.info(
+                    f"Stopped after step {self.global_step} (stop_after_step); resume with resume_from_checkpoint=True."
+                )
+                return
+
+    def _new_stats(self) -> torch.Tensor:
+        num_inner = self.inner.steps + 1 if self.inner is not None else 1
+        return torch.zeros(INNER_LOSSES + num_inner, dtype=torch.float64, device=self.device)
+
+    def _micro_batch(self, batch: dict[str, torch.Tensor], accumulation_index: int, stats: torch.Tensor) -> None:
+        mb = prepare_batch(batch, self.device)
+        mask = build_mask(mb.layout, self.focus.attention, self.mask_kind)
+        micro_batch = accumulation_index * self.world_size + self.rank
+        generator = torch.Generator().manual_seed(fast_weight_seed(self.seed, self.global_step, micro_batch))
+        result = bilevel_step(
+            self.model,
+            self.slots,
+            mb.tokens,
+            mb.labels,
+            mask=mask,
+            input_pos=mb.input_pos,
+            inner=self.inner,
+            generator=generator,
+        )
+        result.loss.backward()
+        tokens = result.num_tokens.double()
+        stats[LOSS_SUM] += result.loss.detach().double()
+        stats[TOKENS] += tokens
+        stats[INPUT_TOKENS] += mb.layout.valid.sum()
+        stats[SKIPPED] += result.skipped_updates
+        stats[DELTA_SUM] += result.fast_weight_delta_norm.double()
+        stats[MICRO_BATCHES] += 1
+        stats[INNER_LOSSES:] += result.inner_losses.double() * tokens  # token-weighted across micro-batches
+
+    def _optimizer_step(self, stats: torch.Tensor) -> tuple[float, float]:
+        """Average the gradients over the global batch's response tokens, clip, step; returns (lr, grad norm)."""
+        all_reduce(stats)
+        # FSDP averages gradients over ranks; scaling by world_size / tokens makes it a per-token mean.
+        training.scale_grads(self.model, self.world_size / stats[TOKENS].clamp(min=1).float())
+        grad_norm = float("nan")
+        if self.clip_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=float(self.clip_grad_norm))
+            grad_norm = (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
+        lr = get_lr(self.optimizer)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        return lr, grad_norm
+
+    def _log(self, stats: torch.Tensor, lr: float, grad_norm: float, seconds: float, progress: tqdm) -> None:
+        if not self.is_rank_zero:
+            return
+        tokens = stats[TOKENS].clamp(min=1)
+        metrics = {
+            "loss": (stats[LOSS_SUM] / tokens).item(),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "response_tokens": int(stats[TOKENS].item()),
+            "tokens_per_second_per_gpu": stats[INPUT_TOKENS].item() / (seconds * self.world_size),
+        }
+        if self.inner is not None:
+            inner = (stats[INNER_LOSSES:] / tokens).tolist()
+            for step in range(self.inner.steps):
+                metrics[f"inner_loss_before_{step}"] = inner[step]
+                metrics[f"inner_loss_after_{step}"] = inner[step + 1]
+            metrics["inner_skipped_updates"] = int(stats[SKIPPED].item())
+            metrics["fast_weight_delta_norm"] = (stats[DELTA_SUM] / stats[MICRO_BATCHES]).item()
+        metrics |= self._memory_stats()
+        self.metric_logger.log_dict(metrics, step=self.global_step)
+        progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+
+    def _memory_stats(self) -> dict[str, float]:
+        if self.device.type == "cuda":
+            return training.get_memory_stats(device=self.device)
+        return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+    def _save(self, name: str, next_epoch: int, mid_epoch: bool) -> None:
+        """Gather the full weights and optimizer state (collective), then write on rank 0."""
+        model_state = training.gather_cpu_state_dict(self.model, self.is_rank_zero, device=self.device)
+        optimizer_state = training.get_full_optimizer_state_dict(
+            self.model, self.optimizer, self.is_rank_zero, device=self.device
+        )
+        rng = [None] * self.world_size
+        all_gather_object(rng, torch.get_rng_state())
+        if self.is_rank_zero:
+            recipe_state = {
+                "seed": self.seed,
+                "world_size": self.world_size,
+                "epoch": next_epoch,
+                "global_step": self.global_step,
+                "steps_in_epoch": self.steps_in_epoch,
+                "steps_per_epoch": self.steps_per_epoch,
+                "dataloader": self.dataloader.state_dict() if mid_epoch else None,
+                "optimizer": optimizer_state,
+                "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+                "rng": rng,
+            }
+            decoder_state = {k.removeprefix("decoder."): v for k, v in model_state.items()}
+            path = self.checkpoints.save(name, decoder_state, recipe_state)
+            log.info(f"Saved checkpoint {path}")
+        barrier()
+
+    def cleanup(self) -> None:
+        if self.is_rank_zero:
+            self.metric_logger.close()
+        destroy_process_group()
+
+
+def exit_with_config_error(error: ConfigError) -> None:
+    """One readable line (from rank 0) instead of a traceback per process."""
+    if torch.distributed.is_initialized():
+        destroy_process_group()
+    sys.exit(f"FocuSFT config error: {error}" if os.environ.get("RANK", "0") == "0" else 1)
+
+
+@config.parse
+def recipe_main(cfg: DictConfig) -> None:
+    try:
+        recipe = FocuSFTRecipeDistributed(cfg=cfg)
+        recipe.setup(cfg=cfg)
+    except ConfigError as error:
+        exit_with_config_error(error)
+    recipe.train()
+    recipe.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(recipe_main())

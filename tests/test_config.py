@@ -1,0 +1,101 @@
+"""Config checks that run before any model is built."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from focusft.config import ConfigError, FocusConfig, check_input_files, check_training_values, checkpoint_files
+from focusft.tiny import write_tiny_checkpoint
+
+REPO_CONFIG = "configs/tiny/focusft_cpu.yaml"
+
+
+def test_defaults_are_the_paper_hyperparameters():
+    focus = FocusConfig.from_section(None)
+    assert focus.variant == "FocuSFT" and focus.bilevel and focus.attention == "bidir_context"
+    assert (focus.inner.steps, focus.inner.lr, focus.inner.grad_clip) == (2, 1.0, 1.0)
+    fw = focus.fast_weights
+    assert (fw.rank, fw.alpha, fw.layer_fraction) == (32, 64.0, 0.35)
+    assert fw.target_modules == ("gate_proj", "up_proj", "down_proj")
+
+
+@pytest.mark.parametrize(
+    "bilevel, attention, variant",
+    [
+        (False, "causal", "Standard SFT"),
+        (False, "bidir_context", "SFT + Bidir"),
+        (True, "causal", "Causal Bilevel"),
+        (True, "bidir_context", "FocuSFT"),
+    ],
+)
+def test_one_section_selects_each_paper_variant(bilevel, attention, variant):
+    focus = FocusConfig.from_section({"bilevel": bilevel, "attention": attention})
+    assert focus.variant == variant
+    assert (focus.inner_loop is not None) == bilevel
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"inner_stepz": 2}, "Unknown key(s) in focusft: ['inner_stepz']"),
+        ({"bilevel": "yes"}, "focusft.bilevel must be true or false"),
+        ({"attention": "full"}, "focusft.attention must be one of"),
+        ({"mask": "sparse"}, "focusft.mask must be one of"),
+        ({"inner_steps": -1}, "{'inner_steps': -1}"),
+        ({"inner_lr": float("inf")}, "inner lr"),
+        ({"inner_grad_clip": 0}, "inner grad_clip"),
+        ({"rank": 0}, "{'rank': 0}"),
+        ({"layer_fraction": 1.5}, "layer_fraction must be in (0, 1]"),
+        ({"target_modules": ["q_proj"]}, "Unknown target module"),
+    ],
+)
+def test_bad_focusft_values_name_the_key(section, message):
+    with pytest.raises(ConfigError, match=None) as error:
+        FocusConfig.from_section(section)
+    assert message in str(error.value)
+
+
+def test_block_mask_on_cpu_is_rejected_and_auto_picks_dense():
+    import torch
+
+    assert FocusConfig.from_section({"mask": "auto"}).mask_kind(torch.device("cpu")) == "dense"
+    with pytest.raises(ConfigError, match="focusft.mask=block needs a CUDA GPU"):
+        FocusConfig.from_section({"mask": "block"}).mask_kind(torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"batch_size": 0}, "`batch_size` must be an integer >= 1"),
+        ({"gradient_accumulation_steps": 1.5}, "`gradient_accumulation_steps` must be an integer >= 1"),
+        ({"epochs": 0}, "`epochs` must be an integer >= 1"),
+        ({"save_every_n_steps": 0}, "`save_every_n_steps` must be null or an integer >= 1"),
+        ({"clip_grad_norm": -1.0}, "`clip_grad_norm` must be null or a number > 0"),
+        ({"warmup_ratio": 1.0}, "`warmup_ratio` must be in [0, 1)"),
+        ({"dtype": "fp16"}, "`dtype` must be fp32 or bf16"),
+        ({"dataset": None}, "Config key `dataset` is required"),
+    ],
+)
+def test_bad_training_values_name_the_key(override, message):
+    cfg = OmegaConf.merge(OmegaConf.load(REPO_CONFIG), override)
+    with pytest.raises(ConfigError) as error:
+        check_training_values(cfg)
+    assert message in str(error.value)
+
+
+def test_missing_files_are_named(tmp_path):
+    base = write_tiny_checkpoint(tmp_path / "base")
+    cfg = OmegaConf.merge(OmegaConf.load(REPO_CONFIG), {"base_dir": str(base)})
+    check_input_files(cfg)
+    (base / "merges.txt").unlink()
+    with pytest.raises(ConfigError, match="tokenizer.merges_file file not found: .*merges.txt"):
+        check_input_files(cfg)
+    cfg.checkpointer.checkpoint_dir = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="checkpointer.checkpoint_dir does not exist"):
+        check_input_files(cfg)
+
+
+def test_sharded_checkpoint_file_pattern_expands_like_torchtune():
+    cfg = OmegaConf.create(
+        {"checkpoint_files": {"filename_format": "model-{}-of-{}.safetensors", "max_filename": "00004"}}
+    )
+    assert checkpoint_files(cfg) == [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]

@@ -1,0 +1,231 @@
+"""The recipe as a user runs it: ``tune run --nproc_per_node N recipes/focusft_distributed.py --config …``.
+
+Each run trains the tiny model for a few steps on CPU (gloo). Runs are shared between
+tests through a module-level cache, since starting the processes dominates the time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+from torchtune.models.qwen2 import qwen2_hf_to_tune
+
+from focusft.split_decoder import IGNORE_INDEX
+from focusft.tiny import TinyQwenConfig, load_tiny_tokenizer, tiny_qwen2_5, write_tiny_checkpoint
+from tests.recipe_data import memorisation_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+TUNE = Path(sys.executable).parent / "tune"
+SHIPPED_CONFIG = REPO / "configs/tiny/focusft_cpu.yaml"
+LR, WEIGHT_DECAY, WARMUP_RATIO, CLIP = 1e-3, 0.01, 0.1, 1.0
+
+# 8 samples, global batch 4 -> 2 steps per epoch, 3 epochs.
+BASE = [
+    "epochs=3",
+    f"optimizer.lr={LR}",
+    f"optimizer.weight_decay={WEIGHT_DECAY}",
+    f"warmup_ratio={WARMUP_RATIO}",
+    f"clip_grad_norm={CLIP}",
+    "metric_logger.filename=metrics.txt",
+]
+SFT = ["focusft.bilevel=false", "focusft.attention=causal", "shuffle=false"]
+RUNS = {
+    "focusft_2x1x2": (2, ["batch_size=1", "gradient_accumulation_steps=2"]),
+    "focusft_1x1x4": (1, ["batch_size=1", "gradient_accumulation_steps=4"]),
+    "sft_2x2": (2, ["batch_size=2", *SFT]),
+    "sft_1x4": (1, ["batch_size=4", *SFT]),
+    "sft_bidir": (2, ["batch_size=2", "focusft.bilevel=false", "focusft.attention=bidir_context"]),
+    "causal_bilevel": (2, ["batch_size=2", "focusft.attention=causal"]),
+}
+
+
+def tune_run(config: Path, nproc: int, overrides: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [str(TUNE), "run", "--standalone", "--nproc_per_node", str(nproc), "recipes/focusft_distributed.py"]
+    proc = subprocess.run(
+        [*cmd, "--config", str(config), *overrides], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def read_metrics(output_dir: Path) -> list[dict[str, float]]:
+    """Per-step metrics from the DiskLogger file, in step order."""
+    rows = []
+    for line in (output_dir / "logs" / "metrics.txt").read_text().splitlines():
+        step, _, payload = line.partition(" | ")
+        values = dict(item.split(":", 1) for item in payload.split())
+        rows.append({"step": int(step.removeprefix("Step ")), **{k: float(v) for k, v in values.items()}})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "base")
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    """The shipped tiny CPU config, training on the memorisation set of tests/recipe_data.py."""
+    cfg = OmegaConf.load(SHIPPED_CONFIG)
+    cfg.dataset = {"_component_": "tests.recipe_data.memorisation_dataset", "num_samples": 8}
+    path = tmp_path_factory.mktemp("config") / "tiny_memorisation.yaml"
+    OmegaConf.save(cfg, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(config, base_dir, tmp_path_factory):
+    """Lazily run and cache each named configuration of RUNS."""
+    cache: dict[str, tuple[Path, list[dict[str, float]]]] = {}
+
+    def get(name: str) -> tuple[Path, list[dict[str, float]]]:
+        if name not in cache:
+            nproc, overrides = RUNS[name]
+            out = tmp_path_factory.mktemp(name)
+            tune_run(config, nproc, [f"base_dir={base_dir}", f"output_dir={out}", *BASE, *overrides])
+            cache[name] = (out, read_metrics(out))
+        return cache[name]
+
+    return get
+
+
+def losses(metrics: list[dict[str, float]]) -> list[float]:
+    return [row["loss"] for row in metrics]
+
+
+@pytest.mark.parametrize("name", ["focusft_2x1x2", "sft_2x2", "sft_bidir", "causal_bilevel"])
+def test_each_variant_trains_and_its_loss_falls(runs, name):
+    _, metrics = runs(name)
+    assert [row["step"] for row in metrics] == [1, 2, 3, 4, 5, 6]
+    values = losses(metrics)
+    assert all(math.isfinite(v) for v in values)
+    assert values[-1] < values[0] - 0.3
+    bilevel = "inner_loss_before_0" in metrics[0]
+    assert bilevel == (name in ("focusft_2x1x2", "causal_bilevel"))
+    if bilevel:
+        for row in metrics:
+            assert row["inner_loss_after_1"] < row["inner_loss_before_0"]
+            assert row["inner_loss_after_1"] == pytest.approx(row["loss"], abs=1e-5)
+            assert row["inner_skipped_updates"] == 0 and row["fast_weight_delta_norm"] > 0
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(runs):
+    # Bilevel off: 2 ranks x batch 2 == 1 rank x batch 4.
+    torch.testing.assert_close(losses(runs("sft_2x2")[1]), losses(runs("sft_1x4")[1]), atol=1e-5, rtol=0)
+    # Bilevel on: fast weights are per micro-batch, so 2 ranks x batch 1 x GA 2 == 1 rank x batch 1 x GA 4.
+    a, b = runs("focusft_2x1x2")[1], runs("focusft_1x1x4")[1]
+    for key in ("loss", "inner_loss_before_0", "inner_loss_after_0", "fast_weight_delta_norm"):
+        torch.testing.assert_close([r[key] for r in a], [r[key] for r in b], atol=1e-5, rtol=0, msg=key)
+
+
+def plain_sft_losses(base_dir: Path, steps: int, batch_size: int) -> list[float]:
+    """Standard SFT written directly: full-model forward, causal mask, AdamW, cosine warm-up, clipping."""
+    torch.manual_seed(0)
+    config = TinyQwenConfig()
+    model = tiny_qwen2_5()
+    hf_state = load_file(base_dir / "model.safetensors")
+    model.load_state_dict(
+        qwen2_hf_to_tune(hf_state, num_heads=config.num_heads, num_kv_heads=config.num_kv_heads, dim=config.embed_dim)
+    )
+    tokenizer = load_tiny_tokenizer(base_dir, max_seq_len=2048)
+    samples = memorisation_dataset(tokenizer, num_samples=8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    warmup = math.ceil(WARMUP_RATIO * steps)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    result = []
+    for step in range(steps):
+        start = (step * batch_size) % len(samples)
+        batch = samples[start : start + batch_size]
+        width = max(len(s["tokens"]) for s in batch)
+        tokens = torch.tensor([s["tokens"] + [0] * (width - len(s["tokens"])) for s in batch])
+        labels = torch.tensor([s["labels"][1:] + [IGNORE_INDEX] * (width - len(s["labels"]) + 1) for s in batch])
+        logits = model(tokens)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+        result.append(loss.item())
+    return result
+
+
+def test_bilevel_off_causal_reproduces_a_plain_sft_loop(runs, base_dir):
+    recipe = losses(runs("sft_1x4")[1])
+    torch.testing.assert_close(recipe, plain_sft_losses(base_dir, steps=6, batch_size=4), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("stop_after_step", [3, 4])  # mid-epoch and at an epoch boundary
+def test_resumed_run_reaches_the_same_losses(runs, config, base_dir, tmp_path, stop_after_step):
+    nproc, overrides = RUNS["focusft_2x1x2"]
+    args = [f"base_dir={base_dir}", f"output_dir={tmp_path}", *BASE, *overrides]
+    tune_run(config, nproc, [*args, f"stop_after_step={stop_after_step}"])
+    assert len(read_metrics(tmp_path)) == stop_after_step
+    tune_run(config, nproc, [*args, "resume_from_checkpoint=True"])
+    resumed = read_metrics(tmp_path)
+    assert [row["step"] for row in resumed] == [1, 2, 3, 4, 5, 6]
+    torch.testing.assert_close(losses(resumed), losses(runs("focusft_2x1x2")[1]), atol=1e-5, rtol=0)
+
+
+def test_checkpoint_has_no_fast_weights_and_loads_in_transformers(runs):
+    from transformers import AutoModelForCausalLM
+
+    out, _ = runs("focusft_2x1x2")
+    assert (out / "LATEST").read_text() == "epoch_2"
+    assert sorted(p.name for p in out.glob("epoch_*")) == ["epoch_0", "epoch_1", "epoch_2"]
+    ckpt = out / "epoch_2"
+    # Only the latest checkpoint keeps the (large) optimizer state needed to resume.
+    assert (ckpt / "recipe_state.pt").is_file() and not (out / "epoch_1" / "recipe_state.pt").exists()
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    assert not any("fast" in key or "lora" in key for key in index["weight_map"])
+    hf_model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+
+    config = TinyQwenConfig()
+    state = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        state |= load_file(ckpt / shard)
+    ours = tiny_qwen2_5()
+    ours.load_state_dict(
+        qwen2_hf_to_tune(state, num_heads=config.num_heads, num_kv_heads=config.num_kv_heads, dim=config.embed_dim)
+    )
+    tokens = torch.randint(0, 500, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(tokens).logits, ours.eval()(tokens), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("focusft.inner_stepz=2", "Unknown key(s) in focusft: ['inner_stepz']"),
+        ("checkpointer.checkpoint_files=[missing.safetensors]", "Checkpoint file not found"),
+        ("dataset.num_samples=2", "The dataset has 2 samples"),
+    ],
+)
+def test_bad_configs_stop_the_run_with_a_named_error(config, base_dir, tmp_path, override, message):
+    proc = tune_run(config, 2, [f"base_dir={base_dir}", f"output_dir={tmp_path}", *BASE, override], check=False)
+    assert proc.returncode != 0
+    assert f"FocuSFT config error: {message}" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_existing_checkpoints_are_never_overwritten_by_a_fresh_run(runs, config, base_dir):
+    out, _ = runs("sft_2x2")
+    before = (out / "epoch_0" / "model-00001-of-00001.safetensors").read_bytes()
+    proc = tune_run(config, 2, [f"base_dir={base_dir}", f"output_dir={out}", *BASE, *RUNS["sft_2x2"][1]], check=False)
+    assert proc.returncode != 0 and "already holds checkpoints" in proc.stderr
+    assert (out / "epoch_0" / "model-00001-of-00001.safetensors").read_bytes() == before
