@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from torchtune.data import Message
 from torchtune.models.qwen2_5._tokenizer import Qwen2_5Tokenizer
 
+from focusft.split_decoder import IGNORE_INDEX
+
 
 @dataclass(frozen=True)
 class TokenizedConversation:
@@ -37,6 +39,11 @@ class TokenizedConversation:
     @property
     def num_trained(self) -> int:
         return len(self.context) - sum(self.context)
+
+    def as_sample(self) -> dict[str, list]:
+        """The sample ``collate_focus_batch`` takes: unshifted labels, ``IGNORE_INDEX`` on context."""
+        labels = [IGNORE_INDEX if c else t for t, c in zip(self.tokens, self.context)]
+        return {"tokens": list(self.tokens), "labels": labels, "context": list(self.context)}
 
 
 def tokenize_conversation(
