@@ -22,7 +22,6 @@ from torchtune.utils import get_logger, log_rank_zero
 from focusft.data.messages import ConversationError, openai_to_messages, sharegpt_to_messages
 from focusft.data.packing import pack_samples
 from focusft.data.sources import BadRowError, Row, load_rows
-from focusft.data.synthetic import generate_samples
 from focusft.data.tokenize import tokenize_conversation
 from focusft.data.truncation import LongSamplePolicy, check_long_sample_policy, fit_to_length
 
@@ -158,6 +157,9 @@ def synthetic_dataset(
     ``target_tokens`` defaults to ``max_seq_len``; lengths are measured with ``tokenizer``.
     """
     _check_options(max_seq_len, long_sample_policy, "error")
+    # Imported here so that importing focusft.data leaves `python -m focusft.data.synthetic` a clean run.
+    from focusft.data.synthetic import generate_samples
+
     samples = generate_samples(
         task,
         num_samples=num_samples,

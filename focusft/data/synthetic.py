@@ -391,14 +391,14 @@ class _TokenCounter:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self._sentence: dict[str, int] = {}
+        self._sentence: dict[str, float] = {}
 
     def __call__(self, messages: list[dict[str, Any]]) -> int:
         if self.tokenizer is None:
             return approx_tokens(messages)
         return len(tokenize_conversation(to_torchtune_messages(messages), self.tokenizer))
 
-    def sentence(self, sentence: str) -> int:
+    def sentence(self, sentence: str) -> float:
         if sentence not in self._sentence:
             text = " " + sentence  # sentences are joined by a space
             if self.tokenizer is None:

@@ -9,9 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 from torchtune import config
 
-from focusft.data import chat_dataset, collate_focus_batch, generate_samples, synthetic_dataset
+from focusft.data import chat_dataset, collate_focus_batch, synthetic_dataset
 from focusft.data.messages import openai_to_messages
 from focusft.data.sources import BadRowError
+from focusft.data.synthetic import generate_samples
 from focusft.data.tokenize import tokenize_conversation
 
 GOOD = {"messages": [{"role": "user", "content": "Where is Mary?"}, {"role": "assistant", "content": "kitchen"}]}
