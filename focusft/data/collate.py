@@ -8,6 +8,8 @@ import torch
 
 from focusft.split_decoder import IGNORE_INDEX
 
+OPTIONAL_KEYS = ("doc", "valid")
+
 
 def collate_focus_batch(
     samples: list[dict[str, Any]], padding_idx: int = 0, ignore_idx: int = IGNORE_INDEX
@@ -15,15 +17,15 @@ def collate_focus_batch(
     """Right-pad samples to the longest one and stack them.
 
     A sample has ``tokens``, ``labels`` (unshifted) and ``context`` of one length, and
-    ``doc`` if it is a packed row (else it is one document). Padding is context, has
-    ``valid = False`` and a document id one past the row's last, so it joins nothing.
+    ``doc`` and ``valid`` if it is a packed row (else it is one document, all valid).
+    Padding is context, has ``valid = False`` and a document id one past the row's last,
+    so it joins nothing.
     """
     if not samples:
         raise ValueError("collate_focus_batch got an empty list of samples.")
     for index, sample in enumerate(samples):
-        lengths = {
-            key: len(sample[key]) for key in ("tokens", "labels", "context", *(("doc",) if "doc" in sample else ()))
-        }
+        keys = ("tokens", "labels", "context", *(key for key in OPTIONAL_KEYS if key in sample))
+        lengths = {key: len(sample[key]) for key in keys}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"Sample {index} of the batch has fields of different lengths: {lengths}.")
     width = max(len(sample["tokens"]) for sample in samples)
@@ -42,5 +44,5 @@ def collate_focus_batch(
         doc = torch.as_tensor(sample["doc"], dtype=torch.long) if "doc" in sample else torch.zeros(n, dtype=torch.long)
         batch["doc"][row, :n] = doc
         batch["doc"][row, n:] = (int(doc.max()) + 1) if n else 0
-        batch["valid"][row, :n] = True
+        batch["valid"][row, :n] = torch.as_tensor(sample["valid"], dtype=torch.bool) if "valid" in sample else True
     return batch

@@ -1,0 +1,232 @@
+"""Dataset builders for the recipe config (``dataset._component_: focusft.data.chat_dataset``).
+
+A builder reads every row, validates it and tokenizes it when the dataset is built: a bad
+row stops the run (or is skipped and counted) before training starts, never in the middle
+of an epoch, and the counts of what was dropped or truncated are logged once and kept in
+``dataset.stats``. Items are the samples ``collate_focus_batch`` takes.
+"""
+
+from __future__ import annotations
+
+import logging
+from array import array
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from torch.utils.data import Dataset
+from torchtune.data import Message
+from torchtune.models.qwen2_5._tokenizer import Qwen2_5Tokenizer
+from torchtune.utils import get_logger, log_rank_zero
+
+from focusft.data.messages import ConversationError, openai_to_messages, sharegpt_to_messages
+from focusft.data.packing import pack_samples
+from focusft.data.sources import BadRowError, Row, load_rows
+from focusft.data.tokenize import tokenize_conversation
+from focusft.data.truncation import LongSamplePolicy, check_long_sample_policy, fit_to_length
+
+log = get_logger("INFO")
+
+ConversationFormat = Literal["openai", "sharegpt"]
+OnBadRow = Literal["error", "skip"]
+CONVERSATION_FORMATS: dict[str, Callable[[Mapping[str, Any]], list[Message]]] = {
+    "openai": openai_to_messages,
+    "sharegpt": sharegpt_to_messages,
+}
+ON_BAD_ROW: tuple[str, ...] = get_args(OnBadRow)
+SUMMARY_EXAMPLES = 5  # bad rows quoted in the log; all are kept in stats.bad_rows
+
+
+@dataclass
+class DataStats:
+    """What became of the rows of a dataset."""
+
+    rows: int = 0
+    bad_rows: list[str] = field(default_factory=list)  # "where: what is wrong", one per skipped row
+    dropped_too_long: int = 0
+    truncated: int = 0
+    dropped_no_response: int = 0  # nothing left to train on after truncation
+    samples: int = 0
+    packed_rows: int = 0
+
+    def summary(self, name: str, max_seq_len: int) -> str:
+        text = (
+            f"{name}: {self.rows} rows -> {self.samples} samples (max_seq_len {max_seq_len}); "
+            f"skipped {len(self.bad_rows)} bad rows, dropped {self.dropped_too_long} too long, "
+            f"truncated {self.truncated}, dropped {self.dropped_no_response} left with no assistant token"
+        )
+        if self.packed_rows:
+            text += f"; packed into {self.packed_rows} rows"
+        if self.bad_rows:
+            text += ". Bad rows: " + "; ".join(self.bad_rows[:SUMMARY_EXAMPLES])
+            text += f" (+{len(self.bad_rows) - SUMMARY_EXAMPLES} more)" if len(self.bad_rows) > SUMMARY_EXAMPLES else ""
+        return text
+
+
+class ChatDataset(Dataset):
+    """Tokenized conversations, or packed rows of them, with their build statistics.
+
+    Items are kept as typed arrays (4 bytes a token instead of a Python int's ~36, and no
+    reference counts for forked dataloader workers to copy) and handed out as lists.
+    """
+
+    _TYPECODES = {"tokens": "i", "labels": "i", "doc": "i", "context": "b", "valid": "b"}
+
+    def __init__(self, items: list[dict[str, list]], stats: DataStats) -> None:
+        self._items = [{key: array(self._TYPECODES[key], value) for key, value in item.items()} for item in items]
+        self.stats = stats
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> dict[str, list]:
+        return {
+            key: value.tolist() if self._TYPECODES[key] == "i" else [bool(flag) for flag in value]
+            for key, value in self._items[index].items()
+        }
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per item (padding excluded), for length-grouped batching."""
+        return [sum(item["valid"]) if "valid" in item else len(item["tokens"]) for item in self._items]
+
+
+def chat_dataset(
+    tokenizer: Qwen2_5Tokenizer,
+    *,
+    source: str,
+    max_seq_len: int,
+    data_files: str | list[str] | None = None,
+    split: str = "train",
+    conversation_format: ConversationFormat = "openai",
+    long_sample_policy: LongSamplePolicy = "drop",
+    train_on_assistant_header: bool = False,
+    on_bad_row: OnBadRow = "error",
+    packed: bool = False,
+    **load_dataset_kwargs: Any,
+) -> ChatDataset:
+    """Chat/tool conversations from local ``json`` (JSON Lines or array) or ``parquet`` files, or a hub dataset.
+
+    Args:
+        tokenizer: torchtune's Qwen2.5 tokenizer.
+        source: ``json``, ``parquet``, or a Hugging Face Hub dataset name (needs network).
+        max_seq_len: longest sample (packed: the row length).
+        data_files: path or list of paths (local sources; optional for the hub).
+        split: hub split.
+        conversation_format: ``openai`` (``messages`` column) or ``sharegpt`` (``conversations``).
+        long_sample_policy: ``drop``, ``truncate_right`` or ``truncate_left`` (keep the last exchanges).
+        train_on_assistant_header: also train on ``<|im_start|>assistant\\n``.
+        on_bad_row: ``error`` (stop, naming the file and row) or ``skip`` (skip, count, summarise).
+        packed: pack samples into rows of ``max_seq_len`` tokens.
+        load_dataset_kwargs: passed to ``datasets.load_dataset`` for hub sources.
+    """
+    if conversation_format not in CONVERSATION_FORMATS:
+        raise ValueError(
+            f"Unknown conversation_format {conversation_format!r}; expected one of {tuple(CONVERSATION_FORMATS)}."
+        )
+    _check_options(max_seq_len, long_sample_policy, on_bad_row)
+    rows = load_rows(source, data_files, split, **load_dataset_kwargs)
+    return build_dataset(
+        rows,
+        tokenizer,
+        to_messages=CONVERSATION_FORMATS[conversation_format],
+        name=f"{source} {data_files or ''}".strip(),
+        max_seq_len=max_seq_len,
+        long_sample_policy=long_sample_policy,
+        train_on_assistant_header=train_on_assistant_header,
+        on_bad_row=on_bad_row,
+        packed=packed,
+    )
+
+
+def synthetic_dataset(
+    tokenizer: Qwen2_5Tokenizer,
+    *,
+    task: str,
+    num_samples: int,
+    max_seq_len: int,
+    target_tokens: int | None = None,
+    split: str = "train",
+    seed: int = 0,
+    long_sample_policy: LongSamplePolicy = "drop",
+    train_on_assistant_header: bool = False,
+    packed: bool = False,
+) -> ChatDataset:
+    """Synthetic long-context conversations (:mod:`focusft.data.synthetic`), generated in memory.
+
+    ``target_tokens`` defaults to ``max_seq_len``; lengths are measured with ``tokenizer``.
+    """
+    _check_options(max_seq_len, long_sample_policy, "error")
+    # Imported here so that importing focusft.data leaves `python -m focusft.data.synthetic` a clean run.
+    from focusft.data.synthetic import generate_samples
+
+    samples = generate_samples(
+        task,
+        num_samples=num_samples,
+        target_tokens=target_tokens or max_seq_len,
+        split=split,
+        seed=seed,
+        tokenizer=tokenizer,
+    )
+    return build_dataset(
+        [(f"synthetic {task} sample {index}", sample) for index, sample in enumerate(samples)],
+        tokenizer,
+        to_messages=openai_to_messages,
+        name=f"synthetic {task} ({split}, seed {seed})",
+        max_seq_len=max_seq_len,
+        long_sample_policy=long_sample_policy,
+        train_on_assistant_header=train_on_assistant_header,
+        on_bad_row="error",
+        packed=packed,
+    )
+
+
+def build_dataset(
+    rows: list[Row],
+    tokenizer: Qwen2_5Tokenizer,
+    *,
+    to_messages: Callable[[Mapping[str, Any]], list[Message]],
+    name: str,
+    max_seq_len: int,
+    long_sample_policy: LongSamplePolicy,
+    train_on_assistant_header: bool,
+    on_bad_row: OnBadRow,
+    packed: bool,
+) -> ChatDataset:
+    """Validate every row first (cheap), then tokenize, fit to length and optionally pack."""
+    stats = DataStats(rows=len(rows))
+    conversations = []
+    for where, row in rows:
+        try:
+            if isinstance(row, BadRowError):
+                raise row
+            conversations.append(to_messages(row))
+        except (ConversationError, BadRowError) as err:
+            if on_bad_row == "error":
+                raise BadRowError(f"Bad row in {where}: {err}. (on_bad_row=skip skips and counts such rows.)") from None
+            stats.bad_rows.append(f"{where}: {err}")
+    samples = []
+    for messages in conversations:
+        conversation = tokenize_conversation(messages, tokenizer, train_on_assistant_header=train_on_assistant_header)
+        fitted = fit_to_length(conversation, max_seq_len, long_sample_policy)
+        if fitted is None:
+            stats.dropped_too_long += 1
+        elif fitted.num_trained == 0:
+            stats.dropped_no_response += 1
+        else:
+            stats.truncated += len(fitted) < len(conversation)
+            samples.append(fitted.as_sample())
+    stats.samples = len(samples)
+    items = pack_samples(samples, max_seq_len, padding_idx=tokenizer.pad_id) if packed else samples
+    stats.packed_rows = len(items) if packed else 0
+    lost = stats.bad_rows or stats.dropped_too_long or stats.dropped_no_response
+    log_rank_zero(log, stats.summary(name, max_seq_len), level=logging.WARNING if lost else logging.INFO)
+    return ChatDataset(items, stats)
+
+
+def _check_options(max_seq_len: int, long_sample_policy: str, on_bad_row: str) -> None:
+    if not isinstance(max_seq_len, int) or max_seq_len <= 0:
+        raise ValueError(f"max_seq_len must be a positive integer, got {max_seq_len!r}.")
+    check_long_sample_policy(long_sample_policy)
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(f"Unknown on_bad_row {on_bad_row!r}; expected one of {ON_BAD_ROW}.")

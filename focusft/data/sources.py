@@ -1,0 +1,77 @@
+"""Rows of a chat dataset, each with a name for error messages: "train.jsonl line 12".
+
+Local JSON is read with the ``json`` module rather than through Arrow, so that a malformed
+or oddly typed row is reported (or skipped) as that row instead of failing the whole load
+with a schema error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, Any]  # (where, row); the row is a BadRowError when it could not even be read
+
+
+class BadRowError(ValueError):
+    """A row that cannot be used; the message names the file and row and says why."""
+
+
+def load_rows(source: str, data_files: str | list[str] | None = None, split: str = "train", **hub_kwargs) -> list[Row]:
+    """Rows of local ``json`` (JSON Lines or a JSON array) or ``parquet`` files, or of a hub dataset by name."""
+    if source in ("json", "parquet"):
+        if not data_files:
+            raise ValueError(f"source={source!r} needs data_files (a path or a list of paths).")
+        paths = [Path(p) for p in ([data_files] if isinstance(data_files, str) else data_files)]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"Data files not found: {missing}")
+        read = _json_rows if source == "json" else _parquet_rows
+        return [row for path in paths for row in read(path)]
+    return _hub_rows(source, data_files, split, **hub_kwargs)
+
+
+def _json_rows(path: Path) -> Iterator[Row]:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise BadRowError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from None
+        for index, row in enumerate(rows):
+            yield f"{path} row {index}", row
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield f"{path} line {number}", _parse_line(line)
+
+
+def _parse_line(line: str) -> Any:
+    """A broken line is one bad row (a :class:`BadRowError` in place of the row), not a broken file."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        return BadRowError(f"not valid JSON ({err.msg} at column {err.colno})")
+
+
+def _parquet_rows(path: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    for index, row in enumerate(pq.read_table(path).to_pylist()):
+        yield f"{path} row {index}", row
+
+
+def _hub_rows(name: str, data_files: str | list[str] | None, split: str, **hub_kwargs) -> list[Row]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, data_files=data_files, split=split, **hub_kwargs)
+    except OSError as err:  # ConnectionError, missing dataset, offline mode
+        raise OSError(
+            f"Could not load dataset {name!r} (split {split!r}) from the Hugging Face Hub: {err}. "
+            "Loading a dataset by name needs network access to the Hub; offline, use source=json or "
+            "source=parquet with local data_files."
+        ) from err
+    return [(f"{name} [{split}] row {index}", row) for index, row in enumerate(dataset)]
