@@ -17,8 +17,12 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The main job on the built-in tiny default: a 4-layer Qwen2.5-architecture model and synthetic
+# long-context data made here, FocuSFT with FSDP2 on 2 CPU processes.
 demo: $(STAMP)
-	$(PY) -m focusft.demo
+	$(PY) -m focusft.tiny outputs/tiny/base
+	rm -rf outputs/tiny/focusft
+	$(VENV)/bin/tune run --nproc_per_node 2 recipes/focusft_distributed.py --config configs/tiny/focusft_cpu.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 MaskMode = Literal["bidir_context", "causal"]
 MASK_MODES: tuple[str, ...] = get_args(MaskMode)
@@ -88,10 +88,17 @@ def focus_mask_mod(layout: TokenLayout, mode: MaskMode) -> MaskMod:
 
 
 def dense_mask(layout: TokenLayout, mode: MaskMode) -> torch.Tensor:
-    """Bool ``[b, s, s]`` mask (True = may attend), for SDPA."""
+    """Bool ``[b, s, s]`` mask (True = may attend), for SDPA.
+
+    The ``mask_mod`` is evaluated once on broadcast index grids: the same function the
+    BlockMask uses, ~25x faster than ``create_mask``'s vmap over every (q, k) pair.
+    """
     b, s = layout.shape
-    mask = create_mask(focus_mask_mod(layout, mode), b, None, s, s, device=layout.context.device)
-    return mask[:, 0]
+    device = layout.context.device
+    batch = torch.arange(b, device=device)[:, None, None]
+    q = torch.arange(s, device=device)[None, :, None]
+    k = torch.arange(s, device=device)[None, None, :]
+    return focus_mask_mod(layout, mode)(batch, torch.zeros((), dtype=torch.long, device=device), q, k)
 
 
 def block_mask(layout: TokenLayout, mode: MaskMode, block_size: int = 128) -> BlockMask:

@@ -35,6 +35,7 @@ from focusft.batch import prepare_batch
 from focusft.bilevel import bilevel_step
 from focusft.checkpointing import CheckpointManager
 from focusft.config import ConfigError, FocusConfig, check_input_files, check_training_values
+from focusft.data import LengthGroupedSampler
 from focusft.fast_weights import attach_fast_weight_slots
 from focusft.masks import build_mask
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
@@ -125,9 +126,19 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         dataset = config.instantiate(cfg.dataset, self.tokenizer)
         module, _, name = cfg.get("collate_fn", "focusft.data.collate_focus_batch").rpartition(".")
         collate = getattr(importlib.import_module(module), name)
-        sampler = StatefulDistributedSampler(
-            dataset, num_replicas=self.world_size, rank=self.rank, shuffle=cfg.get("shuffle", True), seed=cfg.seed
-        )
+        shuffle = cfg.get("shuffle", True)
+        if cfg.get("length_grouped", False):
+            if not hasattr(dataset, "lengths"):
+                raise ConfigError(
+                    "length_grouped=True needs a dataset with `lengths` (the focusft.data builders have it)."
+                )
+            sampler = LengthGroupedSampler(
+                dataset.lengths, cfg.batch_size, self.world_size, self.rank, shuffle=shuffle, seed=cfg.seed
+            )
+        else:
+            sampler = StatefulDistributedSampler(
+                dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=cfg.seed
+            )
         return StatefulDataLoader(
             dataset,
             batch_size=cfg.batch_size,

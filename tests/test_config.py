@@ -1,9 +1,14 @@
 """Config checks that run before any model is built."""
 
+from pathlib import Path
+
 import pytest
+import torch
 from omegaconf import OmegaConf
+from torchtune import config
 
 from focusft.config import ConfigError, FocusConfig, check_input_files, check_training_values, checkpoint_files
+from focusft.fast_weights import attach_fast_weight_slots
 from focusft.tiny import write_tiny_checkpoint
 
 REPO_CONFIG = "configs/tiny/focusft_cpu.yaml"
@@ -55,8 +60,6 @@ def test_bad_focusft_values_name_the_key(section, message):
 
 
 def test_block_mask_on_cpu_is_rejected_and_auto_picks_dense():
-    import torch
-
     assert FocusConfig.from_section({"mask": "auto"}).mask_kind(torch.device("cpu")) == "dense"
     with pytest.raises(ConfigError, match="focusft.mask=block needs a CUDA GPU"):
         FocusConfig.from_section({"mask": "block"}).mask_kind(torch.device("cpu"))
@@ -99,3 +102,26 @@ def test_sharded_checkpoint_file_pattern_expands_like_torchtune():
         {"checkpoint_files": {"filename_format": "model-{}-of-{}.safetensors", "max_filename": "00004"}}
     )
     assert checkpoint_files(cfg) == [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs").rglob("*.yaml")), ids=str)
+def test_shipped_configs_are_valid_and_build_their_model(path):
+    cfg = OmegaConf.load(path)
+    focus = FocusConfig.from_section(cfg.focusft)
+    check_training_values(cfg)
+    assert checkpoint_files(cfg.checkpointer)
+    with torch.device("meta"):
+        model = config.instantiate(cfg.model)
+    slots = attach_fast_weight_slots(model, focus.fast_weights)
+    assert 0 < slots.first_layer < len(model.layers)
+    if path.name == "7B_focusft.yaml":  # paper Table 5
+        assert (len(model.layers), slots.first_layer) == (28, 18)
+        assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.warmup_ratio, cfg.clip_grad_norm) == (
+            1e-5,
+            0.01,
+            0.1,
+            1.0,
+        )
+        assert (cfg.epochs, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.seed) == (5, 1, 4, 1234)
+        assert (cfg.dataset.max_seq_len, cfg.dtype, cfg.enable_activation_checkpointing) == (4096, "bf16", True)
+        assert focus == FocusConfig()

@@ -39,6 +39,7 @@ class LengthGroupedSampler(Sampler[int]):
         self.batch_size, self.num_replicas, self.rank = batch_size, num_replicas, rank
         self.shuffle, self.seed, self.group_factor, self.drop_last = shuffle, seed, group_factor, drop_last
         self.epoch = 0
+        self.yielded, self._resume_at = 0, 0  # indices handed out this epoch; where a restored state resumes
         global_batch = batch_size * num_replicas
         n = len(lengths)
         self.num_global_batches = n // global_batch if drop_last else -(-n // global_batch)
@@ -62,5 +63,15 @@ class LengthGroupedSampler(Sampler[int]):
             batches += list(by_length.split(global_batch))
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
-        for batch in batches:
-            yield from batch[self.rank :: self.num_replicas].tolist()
+        mine = [index for batch in batches for index in batch[self.rank :: self.num_replicas].tolist()]
+        self.yielded, self._resume_at = self._resume_at, 0
+        for index in mine[self.yielded :]:
+            self.yielded += 1
+            yield index
+
+    def state_dict(self) -> dict[str, int]:
+        """Position within the epoch, for ``StatefulDataLoader`` checkpoints."""
+        return {"yielded": self.yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = state["yielded"]

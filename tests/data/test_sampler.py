@@ -50,3 +50,15 @@ def test_length_grouping_cuts_padding():
     grouped = padding(rank_batches(lengths, batch_size=8, replicas=1, seed=0))
     shuffled = padding(rank_batches(lengths, batch_size=8, replicas=1, seed=0, group_factor=1))
     assert grouped < shuffled / 10
+
+
+def test_restored_state_continues_the_epoch_where_it_stopped():
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 11, 12]
+    full = list(LengthGroupedSampler(lengths, batch_size=2, num_replicas=2, rank=1, seed=3, group_factor=2))
+    sampler = LengthGroupedSampler(lengths, batch_size=2, num_replicas=2, rank=1, seed=3, group_factor=2)
+    iterator = iter(sampler)
+    head = [next(iterator) for _ in range(3)]
+    resumed = LengthGroupedSampler(lengths, batch_size=2, num_replicas=2, rank=1, seed=3, group_factor=2)
+    resumed.load_state_dict(sampler.state_dict())
+    assert head + list(resumed) == full
+    assert list(resumed) == full  # the next epoch starts from the beginning again
