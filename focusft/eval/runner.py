@@ -52,7 +52,7 @@ def load_run(run: EvalRun, model_args: dict[str, Any]) -> tuple[TaskManager, lis
             raise SuiteError(f"Unknown task {name!r}: lm-eval {lm_eval.__version__} has no task or group of that name.")
         source = PAPER_DATA_SOURCES.get(name, "its dataset")
         try:
-            tasks.append(manager.load(name))
+            tasks += manager.load(name)["tasks"].values()  # suites name leaf tasks, never groups
         except ImportError as err:
             failures.append(f"task {name} needs the Python package '{err.name}' (pip install 'focusft[paper]'): {err}")
         except Exception as err:
