@@ -18,7 +18,7 @@ from pathlib import Path
 
 from focusft.eval.errors import EvalError
 from focusft.eval.report import load_report, markdown_table
-from focusft.eval.runner import first_line, is_network_error, run_suite
+from focusft.eval.runner import evaluate_suite, fetch_suite, first_line, is_network_error
 from focusft.eval.suites import TASKS_DIR, offline_suite, paper_suite
 
 BACKENDS = {"focusft": "checkpoint_dir", "hf": "pretrained", "vllm": "pretrained"}
@@ -70,23 +70,30 @@ def run_suite_command(argv: list[str]) -> int:
 
     import focusft.eval  # noqa: F401  (registers the focusft model)
 
-    label = args.label or Path(args.checkpoint_dir).resolve().name
+    if args.suite == "offline" and args.apply_chat_template:
+        raise EvalError(
+            "The offline suite's prompts are already in the Qwen2.5 chat format; drop --apply_chat_template."
+        )
+    if args.suite == "paper" and (args.lengths or args.num_samples):
+        raise EvalError("--lengths and --num_samples apply to the offline suite only.")
+    checkpoint_dir = str(Path(args.checkpoint_dir).resolve())
+    label = args.label or Path(checkpoint_dir).name
+    model_args = {BACKENDS[args.backend]: args.checkpoint_dir, "dtype": args.dtype}
+    model_args.update(simple_parse_args_string(args.model_args))
     only = set(_csv(args.tasks) or [])
     if args.suite == "offline":
         runs = offline_suite(_csv(args.lengths), only, args.num_samples)
     else:
-        runs = paper_suite(str(Path(args.checkpoint_dir).resolve()), only)
-    model_args = {BACKENDS[args.backend]: args.checkpoint_dir, "dtype": args.dtype}
-    model_args.update(simple_parse_args_string(args.model_args))
+        runs = paper_suite(str(model_args.get("tokenizer") or checkpoint_dir), only)
+    loaded = fetch_suite(runs, model_args)  # before the model: a suite that cannot run fails fast
     lm = get_model(args.backend).create_from_arg_obj(model_args, {"batch_size": args.batch_size, "device": args.device})
     output_dir = Path(args.output_dir or f"eval_results/{label}-{args.suite}")
-    report = run_suite(
-        runs,
+    report = evaluate_suite(
+        loaded,
         lm,
-        model_args=model_args,
         label=label,
         output_dir=output_dir,
-        meta={"suite": args.suite, "backend": args.backend, "checkpoint_dir": str(Path(args.checkpoint_dir).resolve())},
+        meta={"suite": args.suite, "backend": args.backend, "checkpoint_dir": checkpoint_dir},
         limit=args.limit,
         apply_chat_template=args.apply_chat_template,
         reference=args.reference,

@@ -225,7 +225,8 @@ class FocusftLM(TemplateLM):
         with tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood (focusft)") as bar:
             for chunk in collator.get_batched(n=batch_size):
                 windows = [(self._window(ctx, cont), len(cont)) for _, ctx, cont in chunk]
-                fast = self._adapted(chunk[0][1]) if self.adaptation is not None else None
+                # Adaptation reads what the model reads of the context (one request per chunk).
+                fast = self._adapted(windows[0][0][: -windows[0][1]]) if self.adaptation is not None else None
                 for (key, _, _), answer in zip(chunk, score_continuations(self.model, windows, fast_weights=fast)):
                     if key is not None:
                         self.cache_hook.add_partial("loglikelihood", key, answer)
@@ -260,9 +261,10 @@ class FocusftLM(TemplateLM):
 
     # ---- generation ---------------------------------------------------------------------------
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        encoded = {req.args[0]: self.tok_encode(req.args[0]) for req in requests}  # long contexts: encode once
         collator = Collator(
             [req.args for req in requests],
-            sort_fn=lambda req: (-len(self.tok_encode(req[0])), req[0]),
+            sort_fn=lambda req: (-len(encoded[req[0]]), req[0]),
             group_by="gen_kwargs",
             group_fn=lambda req: req[1],
         )
@@ -279,7 +281,7 @@ class FocusftLM(TemplateLM):
                     )
                 until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
                 max_gen_toks = int(kwargs.pop("max_gen_toks"))
-                prompts = [self._prompt_tokens(context, max_gen_toks) for context in contexts]
+                prompts = [self._prompt_tokens(encoded[context], max_gen_toks) for context in contexts]
 
                 outputs = greedy_generate(
                     self.model,
@@ -306,12 +308,11 @@ class FocusftLM(TemplateLM):
 
         return is_done
 
-    def _prompt_tokens(self, context: str, max_gen_toks: int) -> list[int]:
+    def _prompt_tokens(self, tokens: list[int], max_gen_toks: int) -> list[int]:
         """The context's tokens, left-truncated so that ``max_gen_toks`` new tokens still fit ``max_length``."""
         room = self.max_length - max_gen_toks
         if room < 1:
             raise EvalError(f"max_gen_toks={max_gen_toks} leaves no room for a prompt in max_length={self.max_length}.")
-        tokens = self.tok_encode(context)
         if len(tokens) > room:
             logger.warning(
                 "Prompt of %d tokens exceeds max_length %d minus max_gen_toks %d; keeping its last %d tokens.",

@@ -68,14 +68,16 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def scores_from_results(results: dict[str, Any], length: str | None = None) -> list[Score]:
+def scores_from_results(results: dict[str, Any]) -> list[Score]:
     """Scores of lm-eval's ``results`` (``simple_evaluate``'s return value or its saved JSON).
 
-    ``length`` is the context length of a run whose tasks do not carry one (BABILong).
-    Groups are skipped: averages are recomputed by :func:`with_averages` so that
-    every table averages the same way.
+    The length of a task comes from its name (offline suite), its metric names
+    (RULER) or the ``max_seq_lengths`` string of its metadata (BABILong); other
+    tasks have none. Groups are skipped: averages are recomputed by
+    :func:`with_averages` so that every table averages the same way.
     """
     groups = set(results.get("groups", {})) | set(results.get("group_subtasks", {}))
+    configs = results.get("configs", {})
     scores = []
     for task, metrics in results["results"].items():
         if task in groups:
@@ -90,7 +92,10 @@ def scores_from_results(results: dict[str, Any], length: str | None = None) -> l
             continue
         metric = next((m for prefix, m in PRIMARY_METRICS.items() if task.startswith(prefix)), None)
         offline = _OFFLINE_NAME.match(task)
-        name, task_length = (offline.group(1), offline.group(2)) if offline else (task, length or "")
+        declared = configs.get(task, {}).get("metadata", {}).get("max_seq_lengths")
+        name, task_length = (
+            (offline.group(1), offline.group(2)) if offline else (task, declared if isinstance(declared, str) else "")
+        )
         for key, value in metrics.items():
             metric_name, _, _ = key.partition(",")
             number = _number(value)

@@ -62,19 +62,8 @@ def load_run(run: EvalRun, model_args: dict[str, Any]) -> tuple[TaskManager, lis
     return manager, tasks, failures
 
 
-def run_suite(
-    runs: list[EvalRun],
-    lm: LM,
-    *,
-    model_args: dict[str, Any],
-    label: str,
-    output_dir: str | Path,
-    meta: dict[str, Any],
-    limit: float | None = None,
-    apply_chat_template: bool = False,
-    reference: bool = False,
-) -> Report:
-    """Evaluate ``lm`` on every run, save lm-eval's raw results per run and the report of all of them."""
+def fetch_suite(runs: list[EvalRun], model_args: dict[str, Any]) -> list[tuple[EvalRun, TaskManager, list[Any]]]:
+    """Build every run's tasks before any model is loaded; raises one :class:`SuiteError` listing all failures."""
     loaded = []
     failures: list[str] = []
     for run in runs:
@@ -83,6 +72,21 @@ def run_suite(
         failures += run_failures
     if failures:
         raise SuiteError("The suite cannot run:\n  " + "\n  ".join(failures))
+    return loaded
+
+
+def evaluate_suite(
+    loaded: list[tuple[EvalRun, TaskManager, list[Any]]],
+    lm: LM,
+    *,
+    label: str,
+    output_dir: str | Path,
+    meta: dict[str, Any],
+    limit: float | None = None,
+    apply_chat_template: bool = False,
+    reference: bool = False,
+) -> Report:
+    """Evaluate ``lm`` on every fetched run, save lm-eval's raw results per run and the report of all of them."""
     out = Path(output_dir)
     (out / "lm_eval").mkdir(parents=True, exist_ok=True)
     scores = []
@@ -99,7 +103,7 @@ def run_suite(
         (out / "lm_eval" / f"{run.name}.json").write_text(
             json.dumps(results, indent=2, default=handle_non_serializable)
         )
-        scores += scores_from_results(results, length=run.length)
+        scores += scores_from_results(results)
     report = Report(
         label=label,
         scores=with_averages(scores),

@@ -42,14 +42,12 @@ class EvalRun:
         name: identifies the run in file names and messages.
         tasks: lm-eval task or group names.
         metadata: task metadata for this run (merged over the model args, as lm-eval does).
-        length: the context length of every task in the run when the tasks do not say it themselves.
         builtin: whether the tasks are lm-eval's own (else only the bundled YAMLs are indexed, which is faster).
     """
 
     name: str
     tasks: tuple[str, ...]
     metadata: dict[str, Any] = field(default_factory=dict)
-    length: str | None = None
     builtin: bool = True
 
 
@@ -60,7 +58,7 @@ def paper_suite(tokenizer_dir: str, only: set[str] | None = None) -> list[EvalRu
     tokenizer; ``only`` keeps just those task names (and drops runs left empty).
     """
     runs = [
-        EvalRun(f"babilong_{length}", PAPER_BABILONG_TASKS, {"max_seq_lengths": length}, length)
+        EvalRun(f"babilong_{length}", PAPER_BABILONG_TASKS, {"max_seq_lengths": length})
         for length in PAPER_BABILONG_LENGTHS
     ]
     runs.append(
@@ -89,7 +87,6 @@ def offline_suite(
             f"offline_{length}",
             tuple(offline_task_name(task, length) for task in OFFLINE_TASKS),
             dict(metadata),
-            length,
             builtin=False,
         )
         for length in chosen
@@ -109,8 +106,5 @@ def _select(runs: list[EvalRun], only: set[str] | None) -> list[EvalRun]:
     unknown = sorted(only - known)
     if unknown:
         raise EvalError(f"Task(s) {unknown} are not in this suite; it has {sorted(known)}.")
-    kept = [
-        EvalRun(run.name, tuple(t for t in run.tasks if t in only), run.metadata, run.length, run.builtin)
-        for run in runs
-    ]
+    kept = [EvalRun(run.name, tuple(t for t in run.tasks if t in only), run.metadata, run.builtin) for run in runs]
     return [run for run in kept if run.tasks]

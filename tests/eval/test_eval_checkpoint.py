@@ -38,6 +38,9 @@ def test_recipe_checkpoint_with_sharded_weights_loads_the_same_model(tiny_dir, f
     lm = FocusftLM(checkpoint_dir=str(tmp_path / "epoch_0"), device="cpu")
     assert read_checkpoint(tmp_path / "epoch_0").weight_files == ("model-00001-of-00001.safetensors",)
     assert _scores(lm) == pytest.approx(_scores(focusft_lm), abs=1e-6)
+    # lm-eval's hf backend reads the same directory.
+    hf = HFLM(pretrained=str(tmp_path / "epoch_0"), device="cpu", dtype="float32")
+    assert _scores(hf) == pytest.approx(_scores(lm), abs=1e-4)
 
 
 def test_two_shards_and_an_index(tiny_dir, focusft_lm, tmp_path):

@@ -6,12 +6,16 @@ import pytest
 
 from focusft.eval.report import Report, Score, load_report, markdown_table, scores_from_results, with_averages
 
-BABILONG_4K = {
-    "results": {
-        f"babilong_qa{i}": {"alias": f"babilong_qa{i}", "acc,none": i / 10, "acc_stderr,none": 0.01}
-        for i in range(1, 6)
+
+def _babilong(length, count=5):
+    tasks = [f"babilong_qa{i}" for i in range(1, count + 1)]
+    return {
+        "results": {t: {"alias": t, "acc,none": int(t[-1]) / 10, "acc_stderr,none": 0.01} for t in tasks},
+        "configs": {t: {"metadata": {"version": 0.0, "max_seq_lengths": length}} for t in tasks},
     }
-}
+
+
+BABILONG_4K = _babilong("4k")
 RULER = {
     "results": {
         "ruler_cwe": {
@@ -37,7 +41,7 @@ OFFLINE = {
 
 
 def test_scores_take_each_familys_metric_and_length():
-    assert scores_from_results(BABILONG_4K, length="4k")[0] == Score("babilong_qa1", "4k", "acc", 0.1, 0.01)
+    assert scores_from_results(BABILONG_4K)[0] == Score("babilong_qa1", "4k", "acc", 0.1, 0.01)
     assert scores_from_results(RULER) == [
         Score("ruler_cwe", "4k", "string_match", 0.9),
         Score("ruler_cwe", "8k", "string_match", 0.5),
@@ -50,13 +54,13 @@ def test_scores_take_each_familys_metric_and_length():
 
 
 def test_averages_need_every_task_at_that_length():
-    scores = with_averages(scores_from_results(BABILONG_4K, "4k") + scores_from_results(BABILONG_4K, "8k")[:4])
+    scores = with_averages(scores_from_results(BABILONG_4K) + scores_from_results(_babilong("8k", count=4)))
     averages = [s for s in scores if s.task == "babilong_avg"]
     assert averages == [Score("babilong_avg", "4k", "acc", pytest.approx(0.3))]
 
 
 def test_comparison_table_has_deltas_and_paper_rows(tmp_path):
-    sft = Report("sft", with_averages(scores_from_results(BABILONG_4K, "4k")), {})
+    sft = Report("sft", with_averages(scores_from_results(BABILONG_4K)), {})
     focus = Report("focusft", [Score(s.task, s.length, s.metric, s.value + 0.1) for s in sft.scores], {})
     table = markdown_table([sft, focus], reference=True)
     section = table.split("### babilong_avg (acc, %)")[1].split("###")[0]
