@@ -43,8 +43,8 @@ def adapt_on_prompt(
 
     Every prompt starts from the same draw (``config.seed``), so a request's answer
     does not depend on which requests were evaluated before it. A prompt of one
-    token has no next-token target and a non-finite loss skips the step: both
-    return the initial fast weights (B = 0), i.e. the unadapted model.
+    token has no next-token target (the initial fast weights, B = 0, leave the model
+    unchanged), and a non-finite loss or gradient stops at the fast weights reached so far.
     """
     device = model.tok_embeddings.weight.device
     fast = slots.init(torch.Generator().manual_seed(config.seed), device=device)

@@ -78,7 +78,7 @@ def _field(config: dict, path: Path, name: str, kind: type | tuple[type, ...]):
     if name not in config:
         raise CheckpointError(f"{path}: field '{name}' is missing.")
     value = config[name]
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):  # JSON true is not a number
         raise CheckpointError(f"{path}: field '{name}' should be {getattr(kind, '__name__', kind)}, got {value!r}.")
     return value
 
