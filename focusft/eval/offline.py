@@ -39,10 +39,6 @@ def offline_task_name(task: str, length: str) -> str:
     return f"focusft_{task}_{length}"
 
 
-def offline_group_name(length: str) -> str:
-    return f"focusft_offline_{length}"
-
-
 @cache
 def _renderer() -> Qwen2_5Tokenizer:
     """A byte-level Qwen2.5 tokenizer used only to spell out the chat format: its decode is lossless."""

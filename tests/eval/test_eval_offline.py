@@ -4,13 +4,20 @@ import json
 
 import lm_eval
 import pytest
+import yaml
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from focusft.data.messages import to_torchtune_messages
 from focusft.data.synthetic import SYNTHETIC_TASKS, generate_samples
 from focusft.data.tokenize import tokenize_conversation
-from focusft.eval.offline import normalize_answer, render_prompt
+from focusft.eval.offline import (
+    OFFLINE_LENGTHS,
+    OFFLINE_TASKS,
+    normalize_answer,
+    offline_task_name,
+    render_prompt,
+)
 from focusft.eval.suites import TASKS_DIR
 from tests.eval.conftest import EOS, cut, direct_greedy, encode
 
@@ -103,3 +110,14 @@ def test_hf_backend_gives_the_same_generations_and_metrics(tiny_dir, focusft_res
         assert hf_results["results"][task]["exact_match,none"] == focusft_results["results"][task]["exact_match,none"]
         ours = [s["resps"] for s in focusft_results["samples"][task]]
         assert [s["resps"] for s in hf_results["samples"][task]] == ours
+
+
+def test_bundled_yamls_cover_every_task_and_length():
+    folder = TASKS_DIR / "offline"
+    for length, tokens in OFFLINE_LENGTHS.items():
+        group = yaml.safe_load((folder / f"focusft_offline_{length}.yaml").read_text())
+        assert group["task"] == [offline_task_name(task, length) for task in OFFLINE_TASKS]
+        for task in OFFLINE_TASKS:
+            config = yaml.safe_load((folder / f"{offline_task_name(task, length)}.yaml").read_text())
+            assert config["dataset_kwargs"] == {"synthetic_task": task, "target_tokens": tokens}
+    assert len(list(folder.glob("*.yaml"))) == len(OFFLINE_LENGTHS) * (len(OFFLINE_TASKS) + 1)
