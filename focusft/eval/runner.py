@@ -1,0 +1,113 @@
+"""Run a suite: fetch every task's data first, then evaluate one model on each run and write the report.
+
+Fetching first means a suite that cannot run (no network, a gated dataset, a
+missing package) stops before hours of evaluation, with one line per task
+saying what it needed, instead of a stack trace from deep inside ``datasets``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import lm_eval
+from lm_eval.api.model import LM
+from lm_eval.tasks import TaskManager
+from lm_eval.utils import handle_non_serializable
+
+from focusft.eval.errors import SuiteError
+from focusft.eval.report import Report, scores_from_results, with_averages, write_report
+from focusft.eval.suites import PAPER_DATA_SOURCES, TASKS_DIR, EvalRun
+
+
+def is_network_error(err: BaseException) -> bool:
+    """Whether ``err`` (or its cause) is a failed download: no connection, offline mode, a gated or missing repo."""
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    # ConnectionError covers huggingface_hub's OfflineModeIsEnabled and datasets' "Couldn't reach".
+    kinds = (ConnectionError, TimeoutError, DatasetNotFoundError, HfHubHTTPError, LocalEntryNotFoundError)
+    while err is not None:
+        if isinstance(err, kinds):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def load_run(run: EvalRun, model_args: dict[str, Any]) -> tuple[TaskManager, list[Any], list[str]]:
+    """Build ``run``'s tasks (this downloads or generates their data); returns the failures as messages."""
+    manager = TaskManager(
+        include_path=str(TASKS_DIR), include_defaults=run.builtin, metadata={**model_args, **run.metadata}
+    )
+    tasks, failures = [], []
+    for name in run.tasks:
+        if not manager.match_tasks([name]):
+            raise SuiteError(f"Unknown task {name!r}: lm-eval {lm_eval.__version__} has no task or group of that name.")
+        source = PAPER_DATA_SOURCES.get(name, "its dataset")
+        try:
+            tasks += manager.load(name)["tasks"].values()  # suites name leaf tasks, never groups
+        except ImportError as err:
+            failures.append(f"task {name} needs the Python package '{err.name}' (pip install 'focusft[paper]'): {err}")
+        except Exception as err:
+            if not is_network_error(err):
+                raise
+            failures.append(f"task {name} needs network access to download {source}: {first_line(err)}")
+    return manager, tasks, failures
+
+
+def fetch_suite(runs: list[EvalRun], model_args: dict[str, Any]) -> list[tuple[EvalRun, TaskManager, list[Any]]]:
+    """Build every run's tasks before any model is loaded; raises one :class:`SuiteError` listing all failures."""
+    loaded = []
+    failures: list[str] = []
+    for run in runs:
+        manager, tasks, run_failures = load_run(run, model_args)
+        loaded.append((run, manager, tasks))
+        failures += run_failures
+    if failures:
+        raise SuiteError("The suite cannot run:\n  " + "\n  ".join(failures))
+    return loaded
+
+
+def evaluate_suite(
+    loaded: list[tuple[EvalRun, TaskManager, list[Any]]],
+    lm: LM,
+    *,
+    label: str,
+    output_dir: str | Path,
+    meta: dict[str, Any],
+    limit: float | None = None,
+    apply_chat_template: bool = False,
+    reference: bool = False,
+) -> Report:
+    """Evaluate ``lm`` on every fetched run, save lm-eval's raw results per run and the report of all of them."""
+    out = Path(output_dir)
+    (out / "lm_eval").mkdir(parents=True, exist_ok=True)
+    scores = []
+    for run, manager, tasks in loaded:
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            task_manager=manager,
+            limit=limit,
+            apply_chat_template=apply_chat_template,
+            log_samples=False,
+            bootstrap_iters=1000,
+        )
+        (out / "lm_eval" / f"{run.name}.json").write_text(
+            json.dumps(results, indent=2, default=handle_non_serializable)
+        )
+        scores += scores_from_results(results)
+    report = Report(
+        label=label,
+        scores=with_averages(scores),
+        meta={**meta, "lm_eval": lm_eval.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds")},
+    )
+    write_report(report, out, reference=reference)
+    return report

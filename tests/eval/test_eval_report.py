@@ -1,0 +1,76 @@
+"""Result tables: lm-eval results -> scores per (task, length), averages, comparisons with deltas and paper rows."""
+
+import json
+
+import pytest
+
+from focusft.eval.report import Report, Score, load_report, markdown_table, scores_from_results, with_averages
+
+
+def _babilong(length, count=5):
+    tasks = [f"babilong_qa{i}" for i in range(1, count + 1)]
+    return {
+        "results": {t: {"alias": t, "acc,none": int(t[-1]) / 10, "acc_stderr,none": 0.01} for t in tasks},
+        "configs": {t: {"metadata": {"version": 0.0, "max_seq_lengths": length}} for t in tasks},
+    }
+
+
+BABILONG_4K = _babilong("4k")
+RULER = {
+    "results": {
+        "ruler_cwe": {
+            "4096,none": 0.9,
+            "4096_stderr,none": "N/A",
+            "8192,none": 0.5,
+            "16384,none": -1,
+            "alias": "ruler_cwe",
+        }
+    }
+}
+LONGBENCH = {
+    "results": {"longbench_qasper": {"score,none": 0.2, "qa_f1_score,none": 0.25, "qa_f1_score_stderr,none": 0.02}}
+}
+OFFLINE = {
+    "results": {
+        "focusft_qa1_512": {"exact_match,none": 0.5, "exact_match_stderr,none": 0.1, "sample_len": 4},
+        "focusft_tool_2k": {"exact_match,none": 1.0},
+        "focusft_offline_512": {"exact_match,none": 0.5},
+    },
+    "groups": {"focusft_offline_512": {}},
+}
+
+
+def test_scores_take_each_familys_metric_and_length():
+    assert scores_from_results(BABILONG_4K)[0] == Score("babilong_qa1", "4k", "acc", 0.1, 0.01)
+    assert scores_from_results(RULER) == [
+        Score("ruler_cwe", "4k", "string_match", 0.9),
+        Score("ruler_cwe", "8k", "string_match", 0.5),
+    ]
+    assert scores_from_results(LONGBENCH) == [Score("longbench_qasper", "", "qa_f1_score", 0.25, 0.02)]
+    assert scores_from_results(OFFLINE) == [
+        Score("focusft_qa1", "512", "exact_match", 0.5, 0.1),
+        Score("focusft_tool", "2k", "exact_match", 1.0),
+    ]
+
+
+def test_averages_need_every_task_at_that_length():
+    scores = with_averages(scores_from_results(BABILONG_4K) + scores_from_results(_babilong("8k", count=4)))
+    averages = [s for s in scores if s.task == "babilong_avg"]
+    assert averages == [Score("babilong_avg", "4k", "acc", pytest.approx(0.3))]
+
+
+def test_comparison_table_has_deltas_and_paper_rows(tmp_path):
+    sft = Report("sft", with_averages(scores_from_results(BABILONG_4K)), {})
+    focus = Report("focusft", [Score(s.task, s.length, s.metric, s.value + 0.1) for s in sft.scores], {})
+    table = markdown_table([sft, focus], reference=True)
+    section = table.split("### babilong_avg (acc, %)")[1].split("###")[0]
+    assert "| sft | 30.0 |" in section
+    assert "| focusft | 40.0 |" in section
+    assert "| Δ focusft − sft | +10.0 |" in section
+    assert "| paper: SFT | 70.2 |" in section and "| paper: FocuSFT | 84.4 |" in section
+    assert "paper:" not in markdown_table([sft, focus])
+    # Reports round-trip through JSON; raw lm-eval results files are read too.
+    (tmp_path / "report.json").write_text(json.dumps(focus.to_json()))
+    assert load_report(tmp_path).scores == focus.scores
+    (tmp_path / "results.json").write_text(json.dumps(OFFLINE))
+    assert load_report(tmp_path / "results.json", label="raw").label == "raw"
