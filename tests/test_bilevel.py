@@ -85,6 +85,11 @@ def inputs(mode="bidir_context", seed=0):
     return tokens, labels, dense_mask(layout, mode), document_positions(layout.doc)
 
 
+def step(model, slots, batch, **kwargs):
+    tokens, labels, mask, pos = batch
+    return bilevel_step(model, slots, tokens, labels, mask=mask, input_pos=pos, **kwargs)
+
+
 def nonzero_fast_weights(slots, seed):
     """φ_0 with B ≠ 0 too, so that A gets a gradient from the first step."""
     fast = slots.init(torch.Generator().manual_seed(seed))
@@ -103,12 +108,11 @@ def test_bilevel_step_matches_reference_implementation(mode, activation_checkpoi
     fast_cfg = FastWeightConfig(rank=4, alpha=8.0, layer_fraction=0.5)
     inner = InnerLoopConfig(steps=2, lr=1.0, grad_clip=grad_clip)
     plain, model, slots = build(fast_cfg=fast_cfg, activation_checkpointing=activation_checkpointing)
-    tokens, labels, mask, pos = inputs(mode)
+    batch = inputs(mode)
+    tokens, labels, mask, pos = batch
     fast = slots.init(torch.Generator().manual_seed(3)) if zero_b else nonzero_fast_weights(slots, 3)
 
-    result = bilevel_step(
-        model, slots, tokens, labels, mask=mask, input_pos=pos, inner=inner, initial_fast_weights=fast
-    )
+    result = step(model, slots, batch, inner=inner, initial_fast_weights=fast)
     (result.loss / result.num_tokens).backward()
     ref_loss, ref_losses, ref_grads, ref_delta, clipped = reference_bilevel(
         plain, fast, fast_cfg, inner, tokens, labels, mask, pos
@@ -128,14 +132,11 @@ def test_bilevel_step_matches_reference_implementation(mode, activation_checkpoi
 
 def test_inner_steps_lower_the_inner_loss():
     _, model, slots = build()
-    tokens, labels, mask, pos = inputs()
-    result = bilevel_step(
+    batch = inputs()
+    result = step(
         model,
         slots,
-        tokens,
-        labels,
-        mask=mask,
-        input_pos=pos,
+        batch,
         inner=InnerLoopConfig(),
         generator=torch.Generator().manual_seed(0),
     )
@@ -146,11 +147,9 @@ def test_inner_steps_lower_the_inner_loss():
 
 def test_fast_weights_get_no_outer_gradient():
     _, model, slots = build()
-    tokens, labels, mask, pos = inputs()
+    batch = inputs()
     fast = slots.init(torch.Generator().manual_seed(0))
-    result = bilevel_step(
-        model, slots, tokens, labels, mask=mask, input_pos=pos, inner=InnerLoopConfig(), initial_fast_weights=fast
-    )
+    result = step(model, slots, batch, inner=InnerLoopConfig(), initial_fast_weights=fast)
     result.loss.backward()
     assert all(t.grad is None and not t.requires_grad for ws in fast.values() for t in ws.values())
     assert not any("fast" in n for n, _ in model.named_parameters())
@@ -160,8 +159,9 @@ def test_fast_weights_get_no_outer_gradient():
 @pytest.mark.parametrize("inner", [None, InnerLoopConfig(steps=0)])
 def test_bilevel_off_is_exactly_standard_sft(inner):
     plain, model, slots = build()
-    tokens, labels, mask, pos = inputs()
-    result = bilevel_step(model, slots, tokens, labels, mask=mask, input_pos=pos, inner=inner)
+    batch = inputs()
+    tokens, labels, mask, pos = batch
+    result = step(model, slots, batch, inner=inner)
     (result.loss / result.num_tokens).backward()
     logits = plain(tokens, mask=mask, input_pos=pos)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
@@ -190,15 +190,13 @@ def test_non_finite_inner_loss_skips_that_update_only():
     fast_cfg = FastWeightConfig(rank=4, alpha=8.0, layer_fraction=0.5)
     plain, model, slots = build(fast_cfg=fast_cfg)
     model.decoder.norm = NaNOnFirstCall(model.decoder.norm)
-    tokens, labels, mask, pos = inputs()
+    batch = inputs()
+    tokens, labels, mask, pos = batch
     fast = nonzero_fast_weights(slots, 3)
-    result = bilevel_step(
+    result = step(
         model,
         slots,
-        tokens,
-        labels,
-        mask=mask,
-        input_pos=pos,
+        batch,
         inner=InnerLoopConfig(steps=2),
         initial_fast_weights=fast,
     )
@@ -214,14 +212,11 @@ def test_non_finite_inner_loss_skips_that_update_only():
 def test_micro_batch_without_response_tokens_keeps_initial_fast_weights():
     _, model, slots = build()
     tokens, labels, mask, pos = inputs()
-    labels = torch.full_like(labels, IGNORE_INDEX)
-    result = bilevel_step(
+    batch = (tokens, torch.full_like(labels, IGNORE_INDEX), mask, pos)
+    result = step(
         model,
         slots,
-        tokens,
-        labels,
-        mask=mask,
-        input_pos=pos,
+        batch,
         inner=InnerLoopConfig(),
         generator=torch.Generator().manual_seed(0),
     )
@@ -235,14 +230,11 @@ def test_trunk_layers_run_once_per_micro_batch():
     calls = {i: 0 for i in range(len(model.decoder.layers))}
     for i, layer in enumerate(model.decoder.layers):
         layer.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
-    tokens, labels, mask, pos = inputs()
-    bilevel_step(
+    batch = inputs()
+    step(
         model,
         slots,
-        tokens,
-        labels,
-        mask=mask,
-        input_pos=pos,
+        batch,
         inner=InnerLoopConfig(steps=2),
         generator=torch.Generator().manual_seed(0),
     )
@@ -257,6 +249,6 @@ def test_bad_inner_config_is_rejected(kwargs):
 
 def test_missing_fast_weight_source_is_rejected():
     _, model, slots = build()
-    tokens, labels, mask, pos = inputs()
+    batch = inputs()
     with pytest.raises(ValueError, match="generator"):
-        bilevel_step(model, slots, tokens, labels, mask=mask, input_pos=pos, inner=InnerLoopConfig())
+        step(model, slots, batch, inner=InnerLoopConfig())
