@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torchtune import config, training
-from torchtune.training.checkpointing._utils import SAFETENSOR_INDEX_FNAME
 
 from focusft.config import ConfigError, checkpoint_files
 
 LATEST = "LATEST"
+WEIGHT_INDEX = "model.safetensors.index.json"  # written by FullModelHFCheckpointer next to the shards
 RECIPE_STATE = "recipe_state.pt"
 STAGING = ".staging"
 
@@ -60,7 +60,7 @@ class CheckpointManager:
             )
         overrides: dict[str, Any] = {"output_dir": str(self.output_dir / STAGING)}
         if self.resume_dir is not None:
-            index = json.loads((self.resume_dir / SAFETENSOR_INDEX_FNAME).read_text())
+            index = json.loads((self.resume_dir / WEIGHT_INDEX).read_text())
             overrides |= {
                 "checkpoint_dir": str(self.resume_dir),
                 "checkpoint_files": sorted(set(index["weight_map"].values())),

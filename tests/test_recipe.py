@@ -44,7 +44,7 @@ RUNS = {
     "sft_2x2": (2, ["batch_size=2", *SFT]),
     "sft_1x4": (1, ["batch_size=4", *SFT]),
     "sft_bidir": (2, ["batch_size=2", "focusft.bilevel=false", "focusft.attention=bidir_context"]),
-    "causal_bilevel": (2, ["batch_size=2", "focusft.attention=causal"]),
+    "causal_bilevel": (2, ["batch_size=2", "focusft.attention=causal", "save_every_n_steps=3"]),
 }
 
 
@@ -181,6 +181,15 @@ def test_resumed_run_reaches_the_same_losses(runs, config, base_dir, tmp_path, s
     resumed = read_metrics(tmp_path)
     assert [row["step"] for row in resumed] == [1, 2, 3, 4, 5, 6]
     torch.testing.assert_close(losses(resumed), losses(runs("focusft_2x1x2")[1]), atol=1e-5, rtol=0)
+
+
+def test_save_every_n_steps_adds_step_checkpoints(runs):
+    out, _ = runs("causal_bilevel")
+    # Step 3 falls inside epoch 2 (2 steps per epoch); step 6 ends epoch 3 and is saved as epoch_2.
+    assert sorted(p.name for p in out.glob("step_*")) == ["step_3"]
+    assert sorted(p.name for p in out.glob("epoch_*")) == ["epoch_0", "epoch_1", "epoch_2"]
+    assert [p.parent.name for p in out.glob("*/recipe_state.pt")] == ["epoch_2"]
+    assert (out / "step_3" / "model-00001-of-00001.safetensors").is_file()
 
 
 def test_checkpoint_has_no_fast_weights_and_loads_in_transformers(runs):
