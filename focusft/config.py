@@ -163,12 +163,13 @@ def checkpoint_files(checkpointer: DictConfig) -> list[str]:
     return files
 
 
-def check_input_files(cfg: DictConfig) -> None:
-    """The base checkpoint and tokenizer files exist (before anything is loaded)."""
-    ckpt_dir = Path(str(cfg.checkpointer.get("checkpoint_dir")))
-    require(ckpt_dir.is_dir(), f"checkpointer.checkpoint_dir does not exist: {ckpt_dir}")
-    for name in ["config.json", *checkpoint_files(cfg.checkpointer)]:
-        require((ckpt_dir / name).is_file(), f"Checkpoint file not found: {ckpt_dir / name} (checkpointer).")
+def check_input_files(cfg: DictConfig, base_checkpoint: bool = True) -> None:
+    """The tokenizer files and (unless resuming from output_dir) the base checkpoint exist."""
+    if base_checkpoint:
+        ckpt_dir = Path(str(cfg.checkpointer.get("checkpoint_dir")))
+        require(ckpt_dir.is_dir(), f"checkpointer.checkpoint_dir does not exist: {ckpt_dir}")
+        for name in ["config.json", *checkpoint_files(cfg.checkpointer)]:
+            require((ckpt_dir / name).is_file(), f"Checkpoint file not found: {ckpt_dir / name} (checkpointer).")
     for key in ("path", "merges_file", "special_tokens_path"):
         value = cfg.tokenizer.get(key)
         if value is not None:

@@ -62,8 +62,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         # Everything that can be checked without a model is checked first.
         self.focus = FocusConfig.from_section(cfg.get("focusft"))
         check_training_values(cfg)
-        if not cfg.get("resume_from_checkpoint", False):
-            check_input_files(cfg)
+        check_input_files(cfg, base_checkpoint=not cfg.get("resume_from_checkpoint", False))
 
         self.device = utils.get_device(device=cfg.device)
         self.dtype = training.get_dtype(cfg.dtype, device=self.device)
@@ -95,8 +94,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
 
         self.tokenizer = config.instantiate(cfg.tokenizer)
         self.dataloader = self._setup_data(cfg)
-        batches_per_step = self.grad_accum
-        self.steps_per_epoch = len(self.dataloader) // batches_per_step
+        self.steps_per_epoch = len(self.dataloader) // self.grad_accum
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"The dataset has {len(self.dataloader.dataset)} samples, but one optimizer step needs "
