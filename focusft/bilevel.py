@@ -8,6 +8,7 @@ use the same one), calls :func:`bilevel_step`, scales and backpropagates
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,27 @@ def clip_per_tensor(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
     return grad * factor
 
 
+def fast_weight_leaves(fast: dict[int, FastWeights]) -> tuple[dict[int, FastWeights], list[torch.Tensor]]:
+    """Detached copies of ``fast`` that require grad, and the same tensors as a flat list."""
+    leaves = {layer: {name: t.detach().requires_grad_() for name, t in ws.items()} for layer, ws in fast.items()}
+    return leaves, [t for ws in leaves.values() for t in ws.values()]
+
+
+def inner_sgd_update(
+    leaves: dict[int, FastWeights], grads: Sequence[torch.Tensor], loss: torch.Tensor, inner: InnerLoopConfig
+) -> tuple[dict[int, FastWeights], torch.Tensor]:
+    """``φ ← φ − lr · clip(g)`` per tensor, or φ unchanged if the loss or a gradient is non-finite.
+
+    Returns the new fast weights and whether the update was applied, without a host sync.
+    """
+    finite = torch.isfinite(loss) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+    flat = [t.detach() for ws in leaves.values() for t in ws.values()]
+    updated = iter(
+        torch.where(finite, t - inner.lr * clip_per_tensor(g, inner.grad_clip), t) for t, g in zip(flat, grads)
+    )
+    return {layer: {name: next(updated) for name in ws} for layer, ws in leaves.items()}, finite
+
+
 def bilevel_step(
     model: SplitDecoder,
     slots: FastWeightSlots,
@@ -105,20 +127,13 @@ def bilevel_step(
     inner_losses = []
     skipped = torch.zeros((), dtype=torch.long, device=tokens.device)
     for _ in range(inner.steps):
-        leaves = {layer: {name: t.detach().requires_grad_() for name, t in ws.items()} for layer, ws in fast.items()}
-        flat = [t for ws in leaves.values() for t in ws.values()]
+        leaves, flat = fast_weight_leaves(fast)
         loss_sum, num_tokens = model("head", inner_input, fast_weights=leaves, **head)
         loss = loss_sum / num_tokens.clamp(min=1)
         grads = torch.autograd.grad(loss, flat)
         inner_losses.append(loss.detach())
-
-        finite = torch.isfinite(loss) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        skipped += (~finite).long()
-        updated = iter(
-            torch.where(finite, t.detach() - inner.lr * clip_per_tensor(g, inner.grad_clip), t.detach())
-            for t, g in zip(flat, grads)
-        )
-        fast = {layer: {name: next(updated) for name in ws} for layer, ws in leaves.items()}
+        fast, applied = inner_sgd_update(leaves, grads, loss, inner)
+        skipped += (~applied).long()
 
     loss, num_tokens = model("head", trunk, fast_weights=fast, **head)
     inner_losses.append(loss.detach() / num_tokens.clamp(min=1))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 from torchtune.modules import TransformerDecoder
 
 # Paper (HF) projection names -> torchtune FeedForward attribute names.
@@ -141,3 +142,10 @@ def attach_fast_weight_slots(model: TransformerDecoder, config: FastWeightConfig
                 setattr(layer.mlp, proj, FastLoRALinear.from_linear(linear, config.scale))
             shapes[proj] = (linear.in_features, linear.out_features)
     return FastWeightSlots(config=config, first_layer=first, num_layers=num_layers, shapes=shapes)
+
+
+def run_layer(layer: nn.Module, h: torch.Tensor, fast: FastWeights | None, **kwargs) -> torch.Tensor:
+    """One transformer layer, with ``fast`` filled into its slots for this call only."""
+    if fast is None:
+        return layer(h, **kwargs)
+    return functional_call(layer, fast, (h,), kwargs, strict=False)

@@ -12,12 +12,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 from torchtune import training
 from torchtune.modules import TransformerDecoder, TransformerSelfAttentionLayer
 
-from focusft.fast_weights import FastWeights, FastWeightSlots
+from focusft.fast_weights import FastWeights, FastWeightSlots, run_layer
 from focusft.masks import AttentionMask
 
 IGNORE_INDEX = -100
@@ -79,9 +78,7 @@ class SplitDecoder(nn.Module):
         fast: FastWeights | None,
     ) -> torch.Tensor:
         def run(x: torch.Tensor) -> torch.Tensor:
-            if fast is None:
-                return layer(x, mask=mask, input_pos=input_pos)
-            return functional_call(layer, fast, (x,), {"mask": mask, "input_pos": input_pos}, strict=False)
+            return run_layer(layer, x, fast, mask=mask, input_pos=input_pos)
 
         if self.activation_checkpointing and torch.is_grad_enabled():
             return checkpoint(run, h, use_reentrant=False)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from torchtune.modules import TransformerDecoder
 
-from focusft.bilevel import InnerLoopConfig, clip_per_tensor
+from focusft.bilevel import InnerLoopConfig, fast_weight_leaves, inner_sgd_update
 from focusft.eval.decoding import LayerFastWeights, final_hidden
 from focusft.fast_weights import FastWeightConfig, FastWeightSlots
 
@@ -53,8 +53,7 @@ def adapt_on_prompt(
     tokens = torch.as_tensor(prompt, device=device)[None]
     targets = tokens[0, 1:]
     for _ in range(config.inner.steps):
-        leaves = {layer: {name: t.detach().requires_grad_() for name, t in ws.items()} for layer, ws in fast.items()}
-        flat = [t for ws in leaves.values() for t in ws.values()]
+        leaves, flat = fast_weight_leaves(fast)
         with torch.enable_grad():
             hidden = final_hidden(model, tokens[:, :-1], fast_weights=leaves)[0]
             loss = sum(
@@ -64,10 +63,7 @@ def adapt_on_prompt(
                 for i in range(0, len(targets), LOSS_CHUNK)
             ) / len(targets)
             grads = torch.autograd.grad(loss, flat)
-        if not (torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)):
+        fast, applied = inner_sgd_update(leaves, grads, loss, config.inner)
+        if not applied:
             return fast
-        updated = iter(
-            t.detach() - config.inner.lr * clip_per_tensor(g, config.inner.grad_clip) for t, g in zip(flat, grads)
-        )
-        fast = {layer: {name: next(updated) for name in ws} for layer, ws in leaves.items()}
     return fast

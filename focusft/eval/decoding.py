@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.func import functional_call
 from torchtune.generation import get_position_ids_from_padding_mask
 from torchtune.modules import TransformerDecoder, local_kv_cache
 
-from focusft.fast_weights import FastWeights
+from focusft.fast_weights import FastWeights, run_layer
 
 LayerFastWeights = dict[int, FastWeights]
 
@@ -36,10 +35,8 @@ def final_hidden(
     """
     h = model.tok_embeddings(tokens)
     for index, layer in enumerate(model.layers):
-        if fast_weights is not None and index in fast_weights:
-            h = functional_call(layer, fast_weights[index], (h,), {"mask": mask, "input_pos": input_pos}, strict=False)
-        else:
-            h = layer(h, mask=mask, input_pos=input_pos)
+        fast = fast_weights.get(index) if fast_weights is not None else None
+        h = run_layer(layer, h, fast, mask=mask, input_pos=input_pos)
     return model.norm(h)
 
 
