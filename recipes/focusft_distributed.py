@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 import resource
 import sys
 import time
@@ -339,10 +338,14 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
 
 
 def exit_with_config_error(error: ConfigError) -> None:
-    """One readable line (from rank 0) instead of a traceback per process."""
+    """One readable line instead of a traceback.
+
+    Every rank prints it: torchrun stops the other ranks as soon as the first one exits,
+    so a line printed by rank 0 alone can be lost.
+    """
     if torch.distributed.is_initialized():
         destroy_process_group()
-    sys.exit(f"FocuSFT config error: {error}" if os.environ.get("RANK", "0") == "0" else 1)
+    sys.exit(f"FocuSFT config error: {error}")
 
 
 @config.parse
