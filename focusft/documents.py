@@ -122,7 +122,9 @@ def _sample_index_per_document(starts: torch.Tensor, doc: torch.Tensor, sample_i
     rows, positions = starts.nonzero(as_tuple=True)
     ids = doc[rows, positions]
     if bool((ids < 0).any()) or bool((ids >= sample_index.shape[1]).any()):
-        raise ValueError(f"Document ids {ids.tolist()} have no entry in sample_index of shape {list(sample_index.shape)}.")
+        raise ValueError(
+            f"Document ids {ids.tolist()} have no entry in sample_index of shape {list(sample_index.shape)}."
+        )
     found = sample_index.cpu()[rows, ids]
     if bool((found < 0).any()):
         missing = [(int(r), int(i)) for r, i, f in zip(rows, ids, found) if f < 0]

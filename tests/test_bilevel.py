@@ -315,10 +315,10 @@ def test_each_document_trains_exactly_as_if_it_were_alone(mode, rows, activation
 
     expected_loss, expected_grads = 0.0, {}
     for d in range(count):
-        t, l, m, p = alone(tokens, labels, layout, d, mode)
-        n = (l != IGNORE_INDEX).sum().item()
+        t, lab, m, p = alone(tokens, labels, layout, d, mode)
+        n = (lab != IGNORE_INDEX).sum().item()
         ref_loss, ref_losses, ref_grads, ref_delta, _, adapted = reference_bilevel(
-            plain, document(fast, d), FAST, inner, t, l, m, p
+            plain, document(fast, d), FAST, inner, t, lab, m, p
         )
         assert result.document_tokens[d].item() == n > 0
         assert_document_matches_reference(result, d, ref_losses, adapted)
@@ -350,12 +350,14 @@ def test_a_document_without_response_tokens_keeps_its_initial_fast_weights_and_a
             assert torch.equal(result.fast_weights[layer][name][1], t[1])
     expected = 0.0
     for d in (0, 2):
-        t, l, m, p = alone(tokens, labels, layout, d, "bidir_context")
-        ref_loss, ref_losses, *_, adapted = reference_bilevel(plain, document(fast, d), FAST, inner, t, l, m, p)
+        t, lab, m, p = alone(tokens, labels, layout, d, "bidir_context")
+        ref_loss, ref_losses, *_, adapted = reference_bilevel(plain, document(fast, d), FAST, inner, t, lab, m, p)
         assert_document_matches_reference(result, d, ref_losses, adapted)
-        expected += ref_loss * (l != IGNORE_INDEX).sum().item()
+        expected += ref_loss * (lab != IGNORE_INDEX).sum().item()
     torch.testing.assert_close(result.loss.item(), expected, atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(result.inner_losses[-1].item(), expected / result.num_tokens.item(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        result.inner_losses[-1].item(), expected / result.num_tokens.item(), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_a_non_finite_document_loss_skips_only_that_documents_update(monkeypatch):
@@ -378,8 +380,8 @@ def test_a_non_finite_document_loss_skips_only_that_documents_update(monkeypatch
     assert result.skipped_updates.item() == 1
     assert torch.isnan(result.document_losses[0, 1]) and torch.isfinite(result.document_losses[0, [0, 2]]).all()
     for d, steps in ((0, 2), (1, 1), (2, 2)):  # document 1 kept φ_0 through step 0, then took one step
-        t, l, m, p = alone(tokens, labels, layout, d, "bidir_context")
+        t, lab, m, p = alone(tokens, labels, layout, d, "bidir_context")
         _, ref_losses, *_, adapted = reference_bilevel(
-            plain, document(fast, d), FAST, InnerLoopConfig(steps=steps), t, l, m, p
+            plain, document(fast, d), FAST, InnerLoopConfig(steps=steps), t, lab, m, p
         )
         assert_document_matches_reference(result, d, ref_losses, adapted, steps=steps)

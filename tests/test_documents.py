@@ -128,8 +128,7 @@ def test_a_sample_draws_the_same_initial_fast_weights_packed_or_alone():
     ]
     packed = prepare_batch(collate_focus_batch(pack_samples(samples, 9, padding_idx=0)), "cpu").documents
     alone = [
-        prepare_batch(collate_focus_batch([{**s, "sample_index": [i]}]), "cpu").documents
-        for i, s in enumerate(samples)
+        prepare_batch(collate_focus_batch([{**s, "sample_index": [i]}]), "cpu").documents for i, s in enumerate(samples)
     ]
     assert packed.sample_index == (0, 1, 2) == tuple(d.sample_index[0] for d in alone)
     seeds = [fast_weight_seed(1234, 3, i) for i in packed.sample_index]

@@ -69,7 +69,9 @@ def test_initial_fast_weights_are_deterministic_by_seed_whatever_else_is_drawn()
     c = slots.init([6])
     for layer, ws in a.items():
         for name, t in ws.items():
-            assert torch.equal(t[0], stacked[layer][name][1]) and torch.equal(c[layer][name][0], stacked[layer][name][0])
+            assert torch.equal(t[0], stacked[layer][name][1]) and torch.equal(
+                c[layer][name][0], stacked[layer][name][0]
+            )
     key = (slots.first_layer, "mlp.w1.fast_a")
     assert not torch.equal(a[key[0]][key[1]], c[key[0]][key[1]])
 

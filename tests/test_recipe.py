@@ -146,7 +146,13 @@ def test_packed_and_unpacked_samples_take_the_same_first_step(config, base_dir, 
     tune_run(
         config,
         2,
-        [f"base_dir={base_dir}", f"output_dir={unpacked}", *first_step, "batch_size=1", "gradient_accumulation_steps=2"],
+        [
+            f"base_dir={base_dir}",
+            f"output_dir={unpacked}",
+            *first_step,
+            "batch_size=1",
+            "gradient_accumulation_steps=2",
+        ],
     )
     assert read_metrics(packed)[0]["documents"] == read_metrics(unpacked)[0]["documents"] == 4
     base = load_file(base_dir / "model.safetensors")

@@ -8,7 +8,6 @@ and the averaged base-parameter gradients agree.
 import json
 import sys
 
-import torch
 import torch.distributed as dist
 
 from focusft.bilevel import InnerLoopConfig, bilevel_step
