@@ -163,19 +163,22 @@ class FastWeightSlots:
         """Fresh fast weights for one document per seed, stacked ``[D, ...]``.
 
         A ~ kaiming_uniform(a=√5) (the ``nn.Linear`` default), B = 0. Each document's A
-        is drawn on the CPU from a generator of its own seed, so a seed gives the same
-        weights on any device and whatever other documents share the micro-batch.
+        is drawn on ``device`` from a generator of its own seed, so a seed gives the same
+        weights on every device of a kind, whatever other documents share the micro-batch
+        (and drawing costs no host-to-device copy).
         """
-        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        device = torch.device(device)
+        generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
         weights: dict[int, FastWeights] = {layer: {} for layer in self.layers}
         for layer in self.layers:
             for proj, (in_features, out_features) in self.shapes.items():
-                a = torch.empty(len(seeds), self.config.rank, in_features)
+                a = torch.empty(len(seeds), self.config.rank, in_features, device=device)
                 for document, generator in enumerate(generators):
                     nn.init.kaiming_uniform_(a[document], a=math.sqrt(5), generator=generator)
-                b = torch.zeros(len(seeds), out_features, self.config.rank, device=device)
-                weights[layer][f"mlp.{proj}.fast_a"] = a.to(device)
-                weights[layer][f"mlp.{proj}.fast_b"] = b
+                weights[layer][f"mlp.{proj}.fast_a"] = a
+                weights[layer][f"mlp.{proj}.fast_b"] = torch.zeros(
+                    len(seeds), out_features, self.config.rank, device=device
+                )
         return weights
 
 
