@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--heatmap-layer", type=int, help="layer of the heatmap (default: num_layers // 2)")
     parser.add_argument("--heatmap-size", type=int, default=HEATMAP_SIZE, help="max heatmap pixels per axis")
-    parser.add_argument("--query-chunk", type=int, help="queries per probability chunk (default: ~256 MiB)")
+    parser.add_argument("--query-chunk", type=int, help="queries per probability chunk (default: ~64 MiB)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--dtype", choices=["auto", *DTYPES], default="auto", help="auto: bfloat16 on cuda, float32 on cpu"

@@ -35,18 +35,23 @@ def measure_attention(
     device: torch.device | str,
     mask_kind: Literal["dense", "block"] = "dense",
     heatmap_layer: int | None = None,
+    with_heatmap: bool = True,
     heatmap_size: int = HEATMAP_SIZE,
     query_chunk: int | None = None,
     progress: bool = False,
 ) -> AttentionMetrics:
     """Attention metrics of ``sample`` under ``mode`` for the model whose transformer ``layers`` ``forward`` runs.
 
-    ``heatmap_layer`` defaults to the middle layer ``L // 2`` (the paper's layer 14 of 28).
+    ``heatmap_layer`` defaults to the middle layer ``L // 2`` (the paper's layer 14 of 28); the
+    heatmap costs a pass over all queries of that layer, the other metrics need the responses' only.
     """
     num_layers = len(layers)
     layout = sample.layout().to(device)
     mask_mod = focus_mask_mod(layout, mode)
-    heatmap_layer = num_layers // 2 if heatmap_layer is None else heatmap_layer
+    if not with_heatmap:
+        heatmap_layer = None
+    elif heatmap_layer is None:
+        heatmap_layer = num_layers // 2
     accumulator = MetricsAccumulator(
         num_layers, sample.response.to(device), sample.segments.to(device), heatmap_layer, heatmap_size
     )

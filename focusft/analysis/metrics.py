@@ -35,15 +35,15 @@ class AttentionMetrics:
             and response queries.
         segments: ``[s]`` :class:`Segment` of each token.
         heatmap: ``[bins_q, bins_k]`` attention of all queries in ``heatmap_layer``, averaged over
-            heads and pooled into bins (``bin_size`` positions a bin, the last may be shorter).
-        heatmap_layer: the layer of ``heatmap``.
+            heads and pooled into bins of about ``bin_size`` positions; None if not asked for.
+        heatmap_layer: the layer of ``heatmap``, or None.
         bin_size: positions per heatmap bin (1: not pooled).
     """
 
     received: torch.Tensor
     segments: torch.Tensor
-    heatmap: torch.Tensor
-    heatmap_layer: int
+    heatmap: torch.Tensor | None
+    heatmap_layer: int | None
     bin_size: float
 
     @property
@@ -85,10 +85,10 @@ class MetricsAccumulator:
         num_layers: int,
         response: torch.Tensor,
         segments: torch.Tensor,
-        heatmap_layer: int,
+        heatmap_layer: int | None,
         heatmap_size: int = HEATMAP_SIZE,
     ) -> None:
-        if not 0 <= heatmap_layer < num_layers:
+        if heatmap_layer is not None and not 0 <= heatmap_layer < num_layers:
             raise ValueError(f"heatmap layer {heatmap_layer} is not a layer of this {num_layers}-layer model.")
         self.response = response
         self.num_response = int(response.sum())
@@ -100,7 +100,8 @@ class MetricsAccumulator:
         self.heatmap_layer = heatmap_layer
         self.received = torch.zeros(num_layers, seq_len, dtype=torch.float64, device=device)
         self.bin_index, self.bin_counts = _bins(seq_len, heatmap_size, device)
-        self.heatmap_sum = torch.zeros(len(self.bin_counts), len(self.bin_counts), dtype=torch.float64, device=device)
+        num_bins = len(self.bin_counts) if heatmap_layer is not None else 0
+        self.heatmap_sum = torch.zeros(num_bins, num_bins, dtype=torch.float64, device=device)
         self.bin_size = seq_len / len(self.bin_counts)
 
     def add(self, layer: int, rows: torch.Tensor, probs: torch.Tensor) -> None:
@@ -114,10 +115,11 @@ class MetricsAccumulator:
 
     def result(self) -> AttentionMetrics:
         counts = self.bin_counts.double()
+        heatmap = self.heatmap_sum / counts[:, None] / counts[None, :] if self.heatmap_layer is not None else None
         return AttentionMetrics(
             received=(self.received / self.num_response).cpu(),
             segments=self.segments.cpu(),
-            heatmap=(self.heatmap_sum / counts[:, None] / counts[None, :]).float().cpu(),
+            heatmap=heatmap.float().cpu() if heatmap is not None else None,
             heatmap_layer=self.heatmap_layer,
             bin_size=self.bin_size,
         )

@@ -16,7 +16,7 @@ from torchtune.modules import MultiHeadAttention
 
 from focusft.masks import MaskMod
 
-PROBABILITY_BYTES_PER_CHUNK = 256 * 2**20  # fp32 [heads, chunk, s] held at once
+PROBABILITY_BYTES_PER_CHUNK = 64 * 2**20  # fp32 [heads, chunk, s] held at once
 
 
 def queries_and_keys(
