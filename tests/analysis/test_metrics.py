@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.nn.attention.flex_attention import flex_attention
 from transformers import AutoModelForCausalLM
 
 from focusft.analysis.measure import decoder_forward, measure_attention
@@ -141,3 +142,30 @@ def test_bidirectional_probabilities_reproduce_each_layers_attention_output(tool
     for seg in Segment:
         assert profile[metrics.segments == seg].sum().item() == pytest.approx(budget[seg.name.lower()], abs=1e-9)
     assert sum(budget.values()) == pytest.approx(1.0, abs=1e-9)
+
+
+def _flex_on_cpu(q, k, v, mask, dropout_p, is_causal):
+    """What torchtune's attention does with a BlockMask on a GPU; on the CPU it only has SDPA."""
+    return flex_attention(q, k, v, block_mask=mask)
+
+
+def test_the_gpu_settings_on_cpu_block_mask_bf16_and_one_layer_at_a_time(tool_sample):
+    """FlexAttention forward with a BlockMask, bf16 weights, layers offloaded: the fp32 dense metrics."""
+    reference = seeded_tiny_qwen2_5(0).eval()
+    expected = measure_attention(
+        reference.layers, decoder_forward(reference), tool_sample, "bidir_context", device="cpu"
+    )
+    flex = seeded_tiny_qwen2_5(0).eval()
+    for layer in flex.layers:
+        layer.attn._attention_call = _flex_on_cpu
+    block = measure_attention(
+        flex.layers, decoder_forward(flex), tool_sample, "bidir_context", device="cpu", mask_kind="block"
+    )
+    torch.testing.assert_close(block.received, expected.received, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(block.heatmap, expected.heatmap, atol=1e-6, rtol=1e-4)
+    bf16 = seeded_tiny_qwen2_5(0).eval().to(torch.bfloat16)
+    offloaded = measure_attention(
+        bf16.layers, decoder_forward(bf16, offload_to=torch.device("cpu")), tool_sample, "bidir_context", device="cpu"
+    )
+    torch.testing.assert_close(offloaded.budget_per_layer(), expected.budget_per_layer(), atol=2e-2, rtol=0)
+    assert offloaded.received.dtype == torch.float64 and torch.isfinite(offloaded.received).all()
