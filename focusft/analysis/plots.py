@@ -83,7 +83,7 @@ def plot_profile(results: list[CheckpointResult], sample: AttentionSample, path:
 
 def plot_heatmaps(results: list[CheckpointResult], sample: AttentionSample, path: Path) -> str:
     """Query x key attention of each checkpoint's heatmap layer (mean over heads, log colour), turns marked."""
-    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 5), squeeze=False, layout="constrained")
     for ax, result in zip(axes[0], results):
         metrics = result.metrics
         heat = metrics.heatmap.numpy()
@@ -98,7 +98,7 @@ def plot_heatmaps(results: list[CheckpointResult], sample: AttentionSample, path
         ax.set_title(f"{result.label} ({result.mask}), layer {metrics.heatmap_layer}{pooled}", fontsize=9)
         ax.set_xlabel("key position")
         ax.set_ylabel("query position")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        fig.colorbar(image, ax=ax, fraction=0.046)
     return _save(fig, path)
 
 
