@@ -26,6 +26,11 @@ from focusft.eval.checkpoint import QwenCheckpoint, load_model, load_tokenizer, 
 from focusft.eval.errors import CheckpointError
 from focusft.masks import MASK_MODES
 
+
+class UsageError(ValueError):
+    """Options that do not fit together; the message names them."""
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -74,25 +79,25 @@ def check_args(args: argparse.Namespace) -> tuple[list[QwenCheckpoint], list[str
     checkpoints = [read_checkpoint(path, args.tokenizer) for path in args.checkpoints]
     labels = args.label or [str(path) for path in args.checkpoints]
     if len(labels) != len(checkpoints):
-        raise SampleError(f"--label was given {len(labels)} times for {len(checkpoints)} checkpoints.")
+        raise UsageError(f"--label was given {len(labels)} times for {len(checkpoints)} checkpoints.")
     masks = args.mask * len(checkpoints) if len(args.mask) == 1 else args.mask
     if len(masks) != len(checkpoints):
-        raise SampleError(f"--mask has {len(args.mask)} values for {len(checkpoints)} checkpoints; give 1 or one each.")
+        raise UsageError(f"--mask has {len(args.mask)} values for {len(checkpoints)} checkpoints; give 1 or one each.")
     for name, value, minimum in (("--length", args.length, 16), ("--heatmap-size", args.heatmap_size, 1)):
         if value < minimum:
-            raise SampleError(f"{name} must be at least {minimum}, got {value}.")
+            raise UsageError(f"{name} must be at least {minimum}, got {value}.")
     for name in ("max_tokens", "query_chunk"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise SampleError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
     for checkpoint in checkpoints:
         if args.heatmap_layer is not None and not 0 <= args.heatmap_layer < checkpoint.num_layers:
-            raise SampleError(
+            raise UsageError(
                 f"--heatmap-layer {args.heatmap_layer}: {checkpoint.path} has {checkpoint.num_layers} layers."
             )
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SampleError(f"--device {args.device}: no CUDA device is available here; use --device cpu.")
+        raise UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu.")
     return checkpoints, labels, masks, device
 
 
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> Path:
     sample = load_sample(args, checkpoints[0])
     for checkpoint in checkpoints:
         if sample.seq_len > checkpoint.max_position_embeddings:
-            raise SampleError(
+            raise UsageError(
                 f"The sample has {sample.seq_len} tokens, more than {checkpoint.path}'s max_position_embeddings "
                 f"{checkpoint.max_position_embeddings}; pass --max-tokens."
             )
@@ -147,7 +152,11 @@ def run(args: argparse.Namespace) -> Path:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     plots = write_plots(args.output_dir, sample, results)
-    run_info = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "mask_kind": mask_kind}
+    run_info = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "mask_kind": mask_kind,
+    }
     write_report(args.output_dir, sample, results, run_info, plots)
     return args.output_dir
 
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         out = run(args)
-    except (CheckpointError, SampleError) as err:
+    except (CheckpointError, SampleError, UsageError) as err:
         print(f"focusft-attention: error: {err}", file=sys.stderr)
         return 2
     print((out / "report.md").read_text())

@@ -169,3 +169,13 @@ def test_the_gpu_settings_on_cpu_block_mask_bf16_and_one_layer_at_a_time(tool_sa
     )
     torch.testing.assert_close(offloaded.budget_per_layer(), expected.budget_per_layer(), atol=2e-2, rtol=0)
     assert offloaded.received.dtype == torch.float64 and torch.isfinite(offloaded.received).all()
+
+
+def test_compiled_layers_run_the_hooks_eagerly(tool_sample):
+    """The recipe's ``compile: true`` compiles each layer; the probe's forward runs them uncompiled."""
+    model = seeded_tiny_qwen2_5(0).eval()
+    expected = measure_attention(model.layers, decoder_forward(model), tool_sample, "causal", device="cpu")
+    for layer in model.layers:
+        layer.compile(dynamic=True)
+    compiled = measure_attention(model.layers, decoder_forward(model), tool_sample, "causal", device="cpu")
+    torch.testing.assert_close(compiled.received, expected.received, atol=0, rtol=0)
