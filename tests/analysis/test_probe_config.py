@@ -1,5 +1,7 @@
 """The ``attention_probe`` config section: off by default, bad values named."""
 
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -37,3 +39,10 @@ def test_a_sample_index_past_the_dataset_or_without_responses_is_a_config_error(
         AttentionProbe(config, [item], tokenizer, "causal", "dense", "cpu")
     with pytest.raises(ConfigError, match="dataset item 0 has no response"):
         AttentionProbe(AttentionProbeConfig(every_n_steps=1), [item], tokenizer, "causal", "dense", "cpu")
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs").rglob("*.yaml")), ids=str)
+def test_shipped_configs_have_the_probe_section_and_it_is_off(path):
+    section = OmegaConf.load(path).get("attention_probe")
+    assert section is not None
+    assert AttentionProbeConfig.from_section(section) == AttentionProbeConfig()
