@@ -4,9 +4,10 @@
     tune run --nproc_per_node 2 recipes/focusft_distributed.py --config configs/tiny/focusft_cpu.yaml
 
 Per micro-batch: build one attention mask (``focusft.attention``), run the trunk
-(layers without fast weights) once, K inner steps on fresh fast weights, then the
-outer response loss (:func:`focusft.bilevel.bilevel_step`), and backpropagate it into
-θ. The outer loss is normalised by the response tokens of the whole global batch.
+(layers without fast weights) once, K inner steps on fresh fast weights of each
+document (sample) of the micro-batch, then the outer response loss
+(:func:`focusft.bilevel.bilevel_step`), and backpropagate it into θ. The outer loss is
+normalised by the response tokens of the whole global batch.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from focusft.bilevel import bilevel_step
 from focusft.checkpointing import CheckpointManager
 from focusft.config import ConfigError, FocusConfig, check_input_files, check_training_values
 from focusft.data import LengthGroupedSampler
+from focusft.documents import fast_weight_seed
 from focusft.fast_weights import attach_fast_weight_slots
 from focusft.masks import build_mask
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
@@ -43,16 +45,7 @@ from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decode
 log = utils.get_logger("INFO")
 
 # Index of each per-step statistic in the tensor all-reduced once per optimizer step.
-LOSS_SUM, TOKENS, INPUT_TOKENS, SKIPPED, DELTA_SUM, MICRO_BATCHES, INNER_LOSSES = range(7)
-
-
-def fast_weight_seed(seed: int, step: int, micro_batch: int) -> int:
-    """Seed of φ_0 for one micro-batch: a function of where it sits in the run, not of the world size.
-
-    ``micro_batch`` is ``accumulation_index * world_size + rank``, so 2 ranks × 1 micro-batch
-    and 1 rank × 2 accumulated micro-batches draw the same fast weights for the same samples.
-    """
-    return hash((seed, step, micro_batch)) & 0x7FFF_FFFF_FFFF_FFFF
+LOSS_SUM, TOKENS, INPUT_TOKENS, SKIPPED, DELTA_SUM, FAST_WEIGHT_SETS, DOCUMENTS, INNER_LOSSES = range(8)
 
 
 class FocuSFTRecipeDistributed(FTRecipeInterface):
@@ -128,13 +121,19 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             log.info(
                 f"{self.focus.variant}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
                 f"{self.world_size} process(es), {self.mask_kind} mask, fast weights on layers "
-                f"{self.slots.first_layer}..{self.slots.num_layers - 1}"
+                f"{self.slots.first_layer}..{self.slots.num_layers - 1} (one set per {self.focus.fast_weight_scope})"
             )
         if self.probe is not None and self.global_step == 0:
             self._probe_attention()  # the starting point
 
     def _setup_data(self, cfg: DictConfig) -> StatefulDataLoader:
         dataset = config.instantiate(cfg.dataset, self.tokenizer)
+        if self.inner is not None and len(dataset) and "sample_index" not in dataset[0]:
+            raise ConfigError(
+                "Bilevel training seeds each sample's fast weights from its dataset index, but the dataset's "
+                "items have no `sample_index` (a list with the item's own index, or its packed samples' indices). "
+                "The focusft.data builders add it."
+            )
         module, _, name = cfg.get("collate_fn", "focusft.data.collate_focus_batch").rpartition(".")
         collate = getattr(importlib.import_module(module), name)
         shuffle = cfg.get("shuffle", True)
@@ -218,7 +217,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             stats = self._new_stats()
             start = time.perf_counter()
             for index, batch in enumerate(self.dataloader):
-                self._micro_batch(batch, index % self.grad_accum, stats)
+                self._micro_batch(batch, epoch, stats)
                 if (index + 1) % self.grad_accum:
                     continue
                 lr, grad_norm = self._optimizer_step(stats)
@@ -253,11 +252,13 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         num_inner = self.inner.steps + 1 if self.inner is not None else 1
         return torch.zeros(INNER_LOSSES + num_inner, dtype=torch.float64, device=self.device)
 
-    def _micro_batch(self, batch: dict[str, torch.Tensor], accumulation_index: int, stats: torch.Tensor) -> None:
-        mb = prepare_batch(batch, self.device)
+    def _micro_batch(self, batch: dict[str, torch.Tensor], epoch: int, stats: torch.Tensor) -> None:
+        mb = prepare_batch(batch, self.device, self.focus.fast_weight_scope)
         mask = build_mask(mb.layout, self.focus.attention, self.mask_kind)
-        micro_batch = accumulation_index * self.world_size + self.rank
-        generator = torch.Generator().manual_seed(fast_weight_seed(self.seed, self.global_step, micro_batch))
+        initial = None
+        if self.inner is not None and self.inner.steps > 0:
+            seeds = [fast_weight_seed(self.seed, epoch, index) for index in mb.documents.sample_index]
+            initial = self.slots.init(seeds, device=self.device)
         result = bilevel_step(
             self.model,
             self.slots,
@@ -266,7 +267,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             mask=mask,
             input_pos=mb.input_pos,
             inner=self.inner,
-            generator=generator,
+            documents=mb.documents,
+            initial_fast_weights=initial,
         )
         result.loss.backward()
         tokens = result.num_tokens.double()
@@ -274,8 +276,9 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         stats[TOKENS] += tokens
         stats[INPUT_TOKENS] += mb.layout.valid.sum()
         stats[SKIPPED] += result.skipped_updates
-        stats[DELTA_SUM] += result.fast_weight_delta_norm.double()
-        stats[MICRO_BATCHES] += 1
+        stats[DELTA_SUM] += result.delta_norms.double().sum()
+        stats[FAST_WEIGHT_SETS] += mb.documents.count
+        stats[DOCUMENTS] += mb.documents.found
         stats[INNER_LOSSES:] += result.inner_losses.double() * tokens  # token-weighted across micro-batches
 
     def _optimizer_step(self, stats: torch.Tensor) -> tuple[float, float]:
@@ -311,7 +314,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 metrics[f"inner_loss_before_{step}"] = inner[step]
                 metrics[f"inner_loss_after_{step}"] = inner[step + 1]
             metrics["inner_skipped_updates"] = int(stats[SKIPPED].item())
-            metrics["fast_weight_delta_norm"] = (stats[DELTA_SUM] / stats[MICRO_BATCHES]).item()
+            metrics["fast_weight_delta_norm"] = (stats[DELTA_SUM] / stats[FAST_WEIGHT_SETS]).item()
+            metrics["documents"] = int(stats[DOCUMENTS].item())
         metrics |= self._memory_stats()
         self.metric_logger.log_dict(metrics, step=self.global_step)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")

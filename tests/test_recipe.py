@@ -134,10 +134,40 @@ def test_each_variant_trains_and_its_loss_falls(runs, name):
 def test_two_processes_equal_one_process_with_the_same_global_batch(runs):
     # Bilevel off: 2 ranks x batch 2 == 1 rank x batch 4.
     torch.testing.assert_close(losses(runs("sft_2x2")[1]), losses(runs("sft_1x4")[1]), atol=1e-5, rtol=0)
-    # Bilevel on: fast weights are per micro-batch, so 2 ranks x batch 1 x GA 2 == 1 rank x batch 1 x GA 4.
+    # Bilevel on: each sample's φ_0 depends on its dataset index only, so 2 ranks x batch 1 x GA 2
+    # == 1 rank x batch 1 x GA 4.
     a, b = runs("focusft_2x1x2")[1], runs("focusft_1x1x4")[1]
     for key in ("loss", "inner_loss_before_0", "inner_loss_after_0", "fast_weight_delta_norm"):
         torch.testing.assert_close([r[key] for r in a], [r[key] for r in b], atol=1e-5, rtol=0, msg=key)
+
+
+def test_packed_and_unpacked_samples_take_the_same_first_step(config, base_dir, tmp_path):
+    """Samples 0-3 as 2 packed rows on 1 process, or one by one on 2 processes × GA 2: the same θ after step 1."""
+    first_step = [
+        *BASE,
+        "epochs=1",
+        "max_steps_per_epoch=1",
+        "shuffle=false",
+        "optimizer._component_=torch.optim.SGD",
+        "optimizer.lr=1.0",  # θ_1 − θ_0 is the gradient itself
+        "warmup_ratio=0",  # full lr at step 1
+        "clip_grad_norm=null",
+    ]
+    packed, unpacked = tmp_path / "packed", tmp_path / "unpacked"
+    tune_run(config, 1, [f"base_dir={base_dir}", f"output_dir={packed}", *first_step, "dataset.packed=true"])
+    tune_run(
+        config,
+        2,
+        [f"base_dir={base_dir}", f"output_dir={unpacked}", *first_step, "batch_size=1", "gradient_accumulation_steps=2"],
+    )
+    assert read_metrics(packed)[0]["documents"] == read_metrics(unpacked)[0]["documents"] == 4
+    base = load_file(base_dir / "model.safetensors")
+    a = load_file(packed / "epoch_0" / "model-00001-of-00001.safetensors")
+    b = load_file(unpacked / "epoch_0" / "model-00001-of-00001.safetensors")
+    assert a.keys() == b.keys() == base.keys()
+    assert max((a[k] - base[k]).abs().max().item() for k in a) > 1e-2  # the step moved θ
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5, msg=key)
 
 
 def plain_sft_losses(base_dir: Path, steps: int, batch_size: int) -> list[float]:
