@@ -97,6 +97,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             )
         if self.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, self.max_steps_per_epoch)
+        self.total_steps = self.total_epochs * self.steps_per_epoch
         self.probe = None
         if self.probe_config.every_n_steps is not None:
             self.probe = AttentionProbe(
@@ -107,7 +108,6 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 self.mask_kind,
                 self.device,
             )
-        self.total_steps = self.total_epochs * self.steps_per_epoch
 
         self.model, self.slots = self._setup_model(cfg)
         self.optimizer = config.instantiate(cfg.optimizer, self.model.parameters())
