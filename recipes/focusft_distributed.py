@@ -31,6 +31,7 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 from torchtune.training.lr_schedulers import get_lr
 from tqdm import tqdm
 
+from focusft.analysis.probe import AttentionProbe, AttentionProbeConfig
 from focusft.batch import prepare_batch
 from focusft.bilevel import bilevel_step
 from focusft.checkpointing import CheckpointManager
@@ -53,6 +54,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
     def __init__(self, cfg: DictConfig) -> None:
         # Everything that can be checked without a model is checked first.
         self.focus = FocusConfig.from_section(cfg.get("focusft"))
+        self.probe_config = AttentionProbeConfig.from_section(cfg.get("attention_probe"))
         check_training_values(cfg)
         check_input_files(cfg, base_checkpoint=not cfg.get("resume_from_checkpoint", False))
 
@@ -96,6 +98,16 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         if self.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, self.max_steps_per_epoch)
         self.total_steps = self.total_epochs * self.steps_per_epoch
+        self.probe = None
+        if self.probe_config.every_n_steps is not None:
+            self.probe = AttentionProbe(
+                self.probe_config,
+                self.dataloader.dataset,
+                self.tokenizer,
+                self.focus.attention,
+                self.mask_kind,
+                self.device,
+            )
 
         self.model, self.slots = self._setup_model(cfg)
         self.optimizer = config.instantiate(cfg.optimizer, self.model.parameters())
@@ -111,6 +123,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 f"{self.world_size} process(es), {self.mask_kind} mask, fast weights on layers "
                 f"{self.slots.first_layer}..{self.slots.num_layers - 1} (one set per {self.focus.fast_weight_scope})"
             )
+        if self.probe is not None and self.global_step == 0:
+            self._probe_attention()  # the starting point
 
     def _setup_data(self, cfg: DictConfig) -> StatefulDataLoader:
         dataset = config.instantiate(cfg.dataset, self.tokenizer)
@@ -212,6 +226,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 progress.update(1)
                 if self.global_step % self.log_every_n_steps == 0:
                     self._log(stats, lr, grad_norm, time.perf_counter() - start, progress)
+                if self.probe is not None and self.probe.due(self.global_step):
+                    self._probe_attention()
                 stats, start = self._new_stats(), time.perf_counter()
 
                 end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
@@ -303,6 +319,12 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         metrics |= self._memory_stats()
         self.metric_logger.log_dict(metrics, step=self.global_step)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+
+    def _probe_attention(self) -> None:
+        """Attention metrics of the probe sample: a forward that every rank runs; rank 0 logs."""
+        metrics = self.probe.measure(self.model)
+        if self.is_rank_zero:
+            self.metric_logger.log_dict(metrics, step=self.global_step)
 
     def _memory_stats(self) -> dict[str, float]:
         if self.device.type == "cuda":
