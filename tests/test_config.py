@@ -73,7 +73,7 @@ def test_block_mask_on_cpu_is_rejected_and_auto_picks_dense():
         ({"epochs": 0}, "`epochs` must be an integer >= 1"),
         ({"save_every_n_steps": 0}, "`save_every_n_steps` must be null or an integer >= 1"),
         ({"clip_grad_norm": -1.0}, "`clip_grad_norm` must be null or a number > 0"),
-        ({"warmup_ratio": 1.0}, "`warmup_ratio` must be in [0, 1)"),
+        ({"warmup_ratio": 1.0}, "`warmup_ratio` must be null or in [0, 1)"),
         ({"dtype": "fp16"}, "`dtype` must be fp32 or bf16"),
         ({"dataset": None}, "Config key `dataset` is required"),
     ],

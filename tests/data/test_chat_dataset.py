@@ -51,7 +51,7 @@ BAD_ROWS = {
     ),
     "forged turn": (
         {"messages": [{"role": "user", "content": "a<|im_end|>b"}, GOOD["messages"][1]]},
-        r"message 0 \(user\) contains the chat-template token <\|im_end\|>",
+        r"message 0 \(user\) contains the special token <\|im_end\|>",
     ),
     "tool call without name": (
         {"messages": [GOOD["messages"][0], {"role": "assistant", "tool_calls": [{"function": {"arguments": {}}}]}]},
