@@ -23,6 +23,7 @@ from focusft.config import ConfigError
 
 LOCK_FILE = ".lock"
 LAUNCHER_GONE_EXIT_CODE = 75  # EX_TEMPFAIL: nothing wrong with the run, resume it
+REPORTED_ERROR_EXIT_CODE = 3  # a worker printed its one-line `FocuSFT … error:` (focusft.launch adds nothing)
 
 
 def lock_output_dir(output_dir: Path) -> IO[str]:

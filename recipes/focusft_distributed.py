@@ -61,7 +61,7 @@ from focusft.data import LengthGroupedSampler, collate_focus_batch
 from focusft.data.sources import DataError
 from focusft.fast_weights import attach_fast_weight_slots
 from focusft.masks import build_mask
-from focusft.run_guard import exit_when_launcher_dies, lock_output_dir
+from focusft.run_guard import REPORTED_ERROR_EXIT_CODE, exit_when_launcher_dies, lock_output_dir
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
 
 log = utils.get_logger("INFO")
@@ -84,7 +84,6 @@ RESUME_COMPARED_KEYS = (
     "epochs",
     "max_steps_per_epoch",
 )
-REPORTED_ERROR_EXIT_CODE = 3  # the process printed its one-line error (focusft.launch stays silent)
 
 
 class TrainingError(RuntimeError):
