@@ -179,7 +179,7 @@ def _unknown(keys: list[str], known: tuple[str, ...] | list[str], where: str) ->
 
 def check_known_keys(cfg: DictConfig, added: Collection[str] = ()) -> None:
     """Unknown top-level keys and unknown ``dataset`` arguments are errors, with a did-you-mean."""
-    allowed = set(RECIPE_KEYS) | _interpolated_names(cfg) | added
+    allowed = set(RECIPE_KEYS) | _interpolated_names(cfg) | set(added)
     unknown = [str(k) for k in cfg if str(k) not in allowed]
     require(
         not unknown,
