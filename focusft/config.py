@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from focusft.bilevel import InnerLoopConfig
+from focusft.errors import ConfigError
 from focusft.fast_weights import FastWeightConfig
 from focusft.masks import MASK_MODES, MaskMode
 
@@ -85,10 +86,6 @@ VARIANTS = {
     (True, "causal"): "Causal Bilevel",
     (True, "bidir_context"): "FocuSFT",
 }
-
-
-class ConfigError(ValueError):
-    """A config value, path or batch setting that cannot work, named in the message."""
 
 
 @dataclass(frozen=True)

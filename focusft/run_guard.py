@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from focusft.config import ConfigError
+from focusft.errors import ConfigError  # not focusft.config: this module must import fast
 
 LOCK_FILE = ".lock"
 LAUNCHER_GONE_EXIT_CODE = 75  # EX_TEMPFAIL: nothing wrong with the run, resume it
@@ -59,7 +59,8 @@ def exit_when_launcher_dies(poll_seconds: float = 1.0) -> None:
     """End this worker (exit code 75) when its parent, the torchrun launcher, is gone.
 
     An orphan is re-parented (to init or a subreaper), so a changed parent pid means
-    the launcher died without stopping its workers.
+    the launcher died without stopping its workers. Call it as early as possible: a
+    launcher that dies before this call goes unnoticed.
     """
     launcher = os.getppid()
 

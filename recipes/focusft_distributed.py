@@ -103,8 +103,6 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
     """Full fine-tuning of a torchtune decoder with the FocuSFT bilevel step, sharded with FSDP2."""
 
     def __init__(self, cfg: DictConfig) -> None:
-        if "LOCAL_RANK" in os.environ:  # started by torchrun: do not outlive it
-            exit_when_launcher_dies()
         # Everything that can be checked without a model is checked first.
         self.focus = FocusConfig.from_section(cfg.get("focusft"))
         check_training_values(cfg)
@@ -546,4 +544,6 @@ def recipe_main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if "LOCAL_RANK" in os.environ:  # started by torchrun: do not outlive it
+        exit_when_launcher_dies()
     sys.exit(recipe_main())

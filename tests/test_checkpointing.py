@@ -85,7 +85,9 @@ def test_non_finite_weights_are_never_written(cfg, tmp_path):
     name = sorted(state)[3]
     poisoned[name] = state[name].clone()
     poisoned[name].view(-1)[7] = float("inf")
-    with pytest.raises(CheckpointError, match=rf"refusing to write checkpoint .*step_2: weight {name} holds NaN or inf"):
+    with pytest.raises(
+        CheckpointError, match=rf"refusing to write checkpoint .*step_2: weight {name} holds NaN or inf"
+    ):
         manager.save("step_2", poisoned, {"global_step": 2}, step=2)
     assert (out / LATEST).read_text() == "step_1"
     assert not (out / "step_2").exists() and not list(out.glob(".staging*"))

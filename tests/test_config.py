@@ -133,7 +133,9 @@ def test_unknown_keys_get_a_did_you_mean_and_plus_keys_are_allowed():
     cfg = OmegaConf.load(REPO_CONFIG)  # base_dir is not a recipe key, but `${base_dir}` uses it
     check_known_keys(cfg)
     typo = OmegaConf.merge(cfg, OmegaConf.from_dotlist(["stop_after_stpe=3"]))
-    with pytest.raises(ConfigError, match=r"Unknown config key\(s\) `stop_after_stpe` \(did you mean `stop_after_step`"):
+    with pytest.raises(
+        ConfigError, match=r"Unknown config key\(s\) `stop_after_stpe` \(did you mean `stop_after_step`"
+    ):
         check_known_keys(typo)
     data_typo = OmegaConf.merge(cfg, OmegaConf.from_dotlist(["dataset.tsk=qa1"]))
     with pytest.raises(ConfigError, match=r"`dataset.tsk` \(did you mean `dataset.task`\?\)"):
