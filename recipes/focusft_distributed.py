@@ -307,31 +307,10 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 disable=not self.is_rank_zero,
                 desc=f"epoch {epoch + 1}",
             )
-            stats = self._new_stats()
-            start = time.perf_counter()
-            for index, batch in enumerate(self.dataloader):
-                self._micro_batch(batch, index % self.grad_accum, stats)
-                if (index + 1) % self.grad_accum:
-                    continue
-                lr, grad_norm, skipped = self._optimizer_step(stats)
-                self.global_step += 1
-                self.steps_in_epoch += 1
-                progress.update(1)
-                self._count_skip(skipped)
-                if self.global_step % self.log_every_n_steps == 0:
-                    self._log(stats, lr, grad_norm, time.perf_counter() - start, progress)
-                self._stop_if_diverged()
-                stats, start = self._new_stats(), time.perf_counter()
-
-                end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
-                stopping = self.global_step == self.stop_after_step
-                if not end_of_epoch and (
-                    stopping or (self.save_every_n_steps and self.global_step % self.save_every_n_steps == 0)
-                ):
-                    self._save(f"step_{self.global_step}", epoch, mid_epoch=True)
-                if end_of_epoch or stopping:
-                    break
-            progress.close()
+            try:
+                self._train_epoch(epoch, progress)
+            finally:
+                progress.close()  # also on an error, so that its message starts a line of its own
             if self.steps_in_epoch == self.steps_per_epoch:
                 self.epochs_run, self.steps_in_epoch = epoch + 1, 0
                 self._save(f"epoch_{epoch}", epoch + 1, mid_epoch=False)
@@ -339,6 +318,33 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 log.info(
                     f"Stopped after step {self.global_step} (stop_after_step); resume with resume_from_checkpoint=True."
                 )
+                return
+
+    def _train_epoch(self, epoch: int, progress: tqdm) -> None:
+        """Optimizer steps until the epoch ends or ``stop_after_step``, saving mid-epoch checkpoints."""
+        stats = self._new_stats()
+        start = time.perf_counter()
+        for index, batch in enumerate(self.dataloader):
+            self._micro_batch(batch, index % self.grad_accum, stats)
+            if (index + 1) % self.grad_accum:
+                continue
+            lr, grad_norm, skipped = self._optimizer_step(stats)
+            self.global_step += 1
+            self.steps_in_epoch += 1
+            progress.update(1)
+            self._count_skip(skipped)
+            if self.global_step % self.log_every_n_steps == 0:
+                self._log(stats, lr, grad_norm, time.perf_counter() - start, progress)
+            self._stop_if_diverged()
+            stats, start = self._new_stats(), time.perf_counter()
+
+            end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
+            stopping = self.global_step == self.stop_after_step
+            if not end_of_epoch and (
+                stopping or (self.save_every_n_steps and self.global_step % self.save_every_n_steps == 0)
+            ):
+                self._save(f"step_{self.global_step}", epoch, mid_epoch=True)
+            if end_of_epoch or stopping:
                 return
 
     def _new_stats(self) -> torch.Tensor:
