@@ -1,10 +1,13 @@
-"""Faults injected into recipe runs: a model whose outer loss turns NaN at chosen steps."""
+"""Faults injected into recipe runs: a model whose outer loss turns NaN at chosen steps, a full disk."""
 
 from __future__ import annotations
 
+import errno
 import os
+from pathlib import Path
 
 import torch
+from torchtune.training import FullModelHFCheckpointer
 
 from focusft.tiny import tiny_qwen2_5
 
@@ -24,3 +27,13 @@ def tiny_qwen2_5_with_nan(nan_at: list[str]):
 
     model.norm.register_forward_hook(poison)
     return model
+
+
+class FullDiskCheckpointer(FullModelHFCheckpointer):
+    """torchtune's HF checkpointer on a disk that fills up halfway through writing the weights."""
+
+    def save_checkpoint(self, state_dict, epoch, **kwargs):
+        partial = Path(self._output_dir) / f"epoch_{epoch}"
+        partial.mkdir(parents=True, exist_ok=True)
+        (partial / "model-00001-of-00001.safetensors").write_bytes(b"\0" * 4096)
+        raise OSError(errno.ENOSPC, "No space left on device", str(partial))

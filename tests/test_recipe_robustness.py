@@ -164,6 +164,13 @@ def test_resume_falls_back_from_an_unreadable_latest_and_a_finished_run_says_so(
     assert f"The run in {tmp_path} is finished: epoch_1 ends epoch 2 of 2 (step 4)" in line
 
 
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_staging(config, base_dir, tmp_path):
+    args = [*BASE, "epochs=1", "batch_size=2", *SFT, f"base_dir={base_dir}", f"output_dir={tmp_path}"]
+    full = launch(config, 2, [*args, "checkpointer._component_=tests.recipe_faults.FullDiskCheckpointer"])
+    assert f"no space left on {tmp_path} while writing checkpoint epoch_0" in error_line(full, "checkpoint")
+    assert not list(tmp_path.glob(".staging*")) and not (tmp_path / "LATEST").exists()
+
+
 def write_rows(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
