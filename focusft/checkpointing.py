@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -150,10 +151,11 @@ class CheckpointManager:
             except Exception as error:  # noqa: BLE001 - any unreadable file means: try the previous checkpoint
                 reason = str(error).splitlines()[0] if str(error) else type(error).__name__
                 problems.append(f"{path.name}: {reason}")
-                log.warning(f"Cannot resume from {path}: {reason}. Trying the previous checkpoint.")
+                message = f"Cannot resume from {path}: {reason}. Trying the previous one."
+                utils.log_rank_zero(log, message, logging.WARNING)
                 continue
             if problems:
-                log.warning(f"Resuming from {path} instead of the newer checkpoint(s) that cannot be read.")
+                utils.log_rank_zero(log, f"Resuming from {path}: newer checkpoints cannot be read.", logging.WARNING)
             return path, state, files
         raise ConfigError(f"No checkpoint in {self.output_dir} can be resumed from: {'; '.join(problems)}.")
 

@@ -166,9 +166,12 @@ def test_resume_falls_back_from_an_unreadable_latest_and_a_finished_run_says_so(
 
 def test_a_full_disk_while_saving_is_one_line_and_leaves_no_staging(config, base_dir, tmp_path):
     args = [*BASE, "epochs=1", "batch_size=2", *SFT, f"base_dir={base_dir}", f"output_dir={tmp_path}"]
+    args += ["warmup_ratio=null", "lr_scheduler.num_warmup_steps=2"]  # torchtune's way of giving the warm-up
     full = launch(config, 2, [*args, "checkpointer._component_=tests.recipe_faults.FullDiskCheckpointer"])
     assert f"no space left on {tmp_path} while writing checkpoint epoch_0" in error_line(full, "checkpoint")
     assert not list(tmp_path.glob(".staging*")) and not (tmp_path / "LATEST").exists()
+    # Linear warm-up over 2 steps (warmup_ratio=0.1 would have given 1 step: lr 1e-3 at step 2).
+    assert [row["lr"] for row in read_metrics(tmp_path)] == [0.0, pytest.approx(0.5e-3)]
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
