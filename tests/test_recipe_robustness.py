@@ -26,6 +26,7 @@ from focusft.checkpointing import RECIPE_STATE
 from focusft.run_guard import LAUNCHER_GONE_EXIT_CODE, REPORTED_ERROR_EXIT_CODE, lock_output_dir
 from focusft.tiny import write_tiny_checkpoint
 from tests.test_recipe import BASE, SFT, SHIPPED_CONFIG, read_metrics
+from tests.test_run_guard import alive
 
 REPO = Path(__file__).resolve().parents[1]
 NAN_MODEL = "model._component_=tests.recipe_faults.tiny_qwen2_5_with_nan"
@@ -253,13 +254,6 @@ def test_a_second_run_on_the_same_output_dir_is_refused(config, base_dir, tmp_pa
 
 def children(pid: int) -> list[int]:
     return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_workers_exit_when_the_launcher_is_killed(config, base_dir, tmp_path):
