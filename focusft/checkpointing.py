@@ -5,13 +5,17 @@ and overwrites one shared ``recipe_state.pt``, so a crash while saving can leave
 half-written checkpoint where a good one was. Here it writes into a staging folder
 that is renamed into place only when complete; the ``LATEST`` file, replaced
 atomically afterwards, names the checkpoint to resume from. Recipe state (optimizer,
-scheduler, data position, RNG) lives in that checkpoint's ``recipe_state.pt`` and is
-removed from the previous one only after the new one is in place.
+scheduler, data position, RNG) lives in each checkpoint's ``recipe_state.pt``; the
+newest ``keep_recipe_states`` checkpoints keep theirs, so that a resume can fall back
+to the previous one when LATEST's files cannot be read. Weights that are not all
+finite are never written.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -19,14 +23,22 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torchtune import config, training
+from safetensors import safe_open
+from torchtune import config, training, utils
 
 from focusft.config import ConfigError, checkpoint_files
+
+log = utils.get_logger("INFO")
 
 LATEST = "LATEST"
 WEIGHT_INDEX = "model.safetensors.index.json"  # written by FullModelHFCheckpointer next to the shards
 RECIPE_STATE = "recipe_state.pt"
-STAGING = ".staging"
+PROGRESS = "progress.json"  # {"global_step": N}: orders checkpoints without loading their recipe state
+STAGING = ".staging"  # also the prefix of the folder a replaced checkpoint is moved to
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read; the message names the path."""
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -42,51 +54,148 @@ def saved_checkpoints(output_dir: Path) -> list[str]:
     return sorted(p.name for p in output_dir.glob("epoch_*")) + sorted(p.name for p in output_dir.glob("step_*"))
 
 
-class CheckpointManager:
-    """Loads the base or resumed weights and saves checkpoints atomically (I/O on rank 0)."""
+def checkpoint_step(path: Path) -> int:
+    """The global step a checkpoint was saved at (-1 if unknown, e.g. written before ``progress.json``)."""
+    try:
+        return int(json.loads((path / PROGRESS).read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
 
-    def __init__(self, cfg_checkpointer: DictConfig, output_dir: str | Path, resume: bool):
+
+def resumable_checkpoints(output_dir: Path) -> list[Path]:
+    """Checkpoints that still hold a recipe state, the one LATEST names first, then newest first."""
+    paths = sorted(
+        (output_dir / name for name in saved_checkpoints(output_dir) if (output_dir / name / RECIPE_STATE).is_file()),
+        key=checkpoint_step,
+        reverse=True,
+    )
+    latest = latest_checkpoint(output_dir)
+    return [latest, *(p for p in paths if p != latest)] if latest is not None else paths
+
+
+def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point tensor holding a NaN or an infinity, if any."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _no_space_left(error: BaseException | None) -> bool:
+    """Whether ENOSPC caused ``error`` (torch.save and safetensors wrap it in their own errors)."""
+    while error is not None:
+        if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _weight_files(checkpoint: Path) -> list[str]:
+    index = checkpoint / WEIGHT_INDEX
+    if index.is_file():
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return ["model.safetensors"]
+
+
+def _read_recipe_state(checkpoint: Path) -> tuple[dict[str, Any], list[str]]:
+    """The recipe state and weight file names of ``checkpoint``; raises if a file cannot be read.
+
+    Weight files are checked by opening them (safetensors validates the header and that the
+    file covers every tensor it lists), not by reading all weights a second time.
+    """
+    files = _weight_files(checkpoint)
+    for name in files:
+        with safe_open(checkpoint / name, framework="pt"):
+            pass
+    return torch.load(checkpoint / RECIPE_STATE, weights_only=False, map_location="cpu"), files
+
+
+class CheckpointManager:
+    """Loads the base or resumed weights and saves checkpoints atomically (I/O on rank 0).
+
+    ``keep_recipe_states``: how many of the newest checkpoints keep their recipe state.
+    """
+
+    def __init__(self, cfg_checkpointer: DictConfig, output_dir: str | Path, resume: bool, keep_recipe_states: int = 2):
         self.output_dir = Path(output_dir)
-        self.resume_dir = latest_checkpoint(self.output_dir) if resume else None
-        if resume and self.resume_dir is None:
-            raise ConfigError(
-                f"resume_from_checkpoint=True but {self.output_dir} has no complete checkpoint to resume from "
-                f"(no {LATEST} file naming a checkpoint with {RECIPE_STATE})."
-            )
+        self.keep_recipe_states = keep_recipe_states
+        self.resume_dir: Path | None = None
+        self._protected: Path | None = None  # the resumed-from checkpoint keeps its state until this run saves
+        self.recipe_state: dict[str, Any] | None = None
         if not resume and saved_checkpoints(self.output_dir):
             raise ConfigError(
                 f"output_dir {self.output_dir} already holds checkpoints {saved_checkpoints(self.output_dir)}; "
                 "set resume_from_checkpoint=True to continue that run, or choose another output_dir."
             )
         overrides: dict[str, Any] = {"output_dir": str(self.output_dir / STAGING)}
-        if self.resume_dir is not None:
-            index = json.loads((self.resume_dir / WEIGHT_INDEX).read_text())
-            overrides |= {
-                "checkpoint_dir": str(self.resume_dir),
-                "checkpoint_files": sorted(set(index["weight_map"].values())),
-            }
+        if resume:
+            self.resume_dir, self.recipe_state, files = self._open_resumable()
+            self._protected = self.resume_dir
+            overrides |= {"checkpoint_dir": str(self.resume_dir), "checkpoint_files": files}
         else:
             checkpoint_files(cfg_checkpointer)  # validates the file list
         self.checkpointer = config.instantiate(cfg_checkpointer, **overrides)
+
+    def _open_resumable(self) -> tuple[Path, dict[str, Any], list[str]]:
+        """The newest checkpoint whose files can be read, warning about each one skipped."""
+        candidates = resumable_checkpoints(self.output_dir)
+        if not candidates:
+            raise ConfigError(
+                f"resume_from_checkpoint=True but {self.output_dir} has no complete checkpoint to resume from "
+                f"(no checkpoint with {RECIPE_STATE})."
+            )
+        problems = []
+        for path in candidates:
+            try:
+                state, files = _read_recipe_state(path)
+            except Exception as error:  # noqa: BLE001 - any unreadable file means: try the previous checkpoint
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                problems.append(f"{path.name}: {reason}")
+                message = f"Cannot resume from {path}: {reason}. Trying the previous one."
+                utils.log_rank_zero(log, message, logging.WARNING)
+                continue
+            if problems:
+                utils.log_rank_zero(log, f"Resuming from {path}: newer checkpoints cannot be read.", logging.WARNING)
+            return path, state, files
+        raise ConfigError(f"No checkpoint in {self.output_dir} can be resumed from: {'; '.join(problems)}.")
 
     def load_model_state(self) -> dict[str, torch.Tensor]:
         """torchtune-format model weights of the base model, or of the checkpoint resumed from."""
         return self.checkpointer.load_checkpoint()[training.MODEL_KEY]
 
     def load_recipe_state(self) -> dict[str, Any] | None:
-        if self.resume_dir is None:
-            return None
-        return torch.load(self.resume_dir / RECIPE_STATE, weights_only=False)
+        return self.recipe_state
 
-    def save(self, name: str, model_state: dict[str, torch.Tensor], recipe_state: dict[str, Any]) -> Path:
-        """Write checkpoint ``output_dir/name`` (HF weights, config, tokenizer files, recipe state)."""
+    def save(
+        self, name: str, model_state: dict[str, torch.Tensor], recipe_state: dict[str, Any], step: int = -1
+    ) -> Path:
+        """Write checkpoint ``output_dir/name`` (HF weights, config, tokenizer files, recipe state).
+
+        Raises :class:`CheckpointError` (nothing written, LATEST unchanged) if a weight is not
+        finite or the disk is full.
+        """
+        final = self.output_dir / name
+        bad = first_non_finite(model_state)
+        if bad is not None:
+            raise CheckpointError(
+                f"refusing to write checkpoint {final}: weight {bad} holds NaN or inf values. "
+                f"{self._latest_description()}"
+            )
         staging = self.output_dir / STAGING
         shutil.rmtree(staging, ignore_errors=True)  # leftovers of a crash during an earlier save
-        self.checkpointer.save_checkpoint({training.MODEL_KEY: model_state}, epoch=0)
-        staged = staging / "epoch_0"
-        torch.save(recipe_state, staged / RECIPE_STATE)
+        try:
+            self.checkpointer.save_checkpoint({training.MODEL_KEY: model_state}, epoch=0)
+            staged = staging / "epoch_0"
+            torch.save(recipe_state, staged / RECIPE_STATE)
+            (staged / PROGRESS).write_text(json.dumps({"global_step": step}))
+        except Exception as error:
+            if not _no_space_left(error):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            raise CheckpointError(
+                f"no space left on {self.output_dir} while writing checkpoint {name}. {self._latest_description()}"
+            ) from None
 
-        final = self.output_dir / name
         if final.exists():  # a resumed run saving the same step again: keep the old one until replaced
             retired = self.output_dir / f"{STAGING}-{name}-old"
             shutil.rmtree(retired, ignore_errors=True)
@@ -95,11 +204,26 @@ class CheckpointManager:
             shutil.rmtree(retired)
         else:
             staged.rename(final)
-        previous = latest_checkpoint(self.output_dir)
         marker = self.output_dir / f"{LATEST}.tmp"
         marker.write_text(name)
         os.replace(marker, self.output_dir / LATEST)
-        if previous is not None and previous.name != name:
-            (previous / RECIPE_STATE).unlink()
-        shutil.rmtree(staging, ignore_errors=True)
+        self._protected = None
+        self.remove_stale()
         return final
+
+    def remove_stale(self) -> None:
+        """Delete leftover staging folders and the recipe states beyond the newest ``keep_recipe_states``.
+
+        The checkpoint LATEST names keeps its state, and so does the one this run resumed
+        from until the run has saved one of its own.
+        """
+        for leftover in self.output_dir.glob(f"{STAGING}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        keep = {latest_checkpoint(self.output_dir), self._protected}
+        for path in resumable_checkpoints(self.output_dir)[self.keep_recipe_states :]:
+            if path not in keep:
+                (path / RECIPE_STATE).unlink(missing_ok=True)
+
+    def _latest_description(self) -> str:
+        latest = latest_checkpoint(self.output_dir)
+        return f"The last good checkpoint is {latest}." if latest else "No checkpoint has been written yet."

@@ -10,8 +10,13 @@ One section selects the paper's four variants (DESIGN.md section 3)::
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import math
-from collections.abc import Mapping
+import os
+import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from focusft.bilevel import InnerLoopConfig
 from focusft.documents import FAST_WEIGHT_SCOPES, FastWeightScope
+from focusft.errors import ConfigError
 from focusft.fast_weights import FastWeightConfig
 from focusft.masks import MASK_MODES, MaskMode
 
@@ -32,16 +38,56 @@ _INNER_KEYS = {"inner_steps": "steps", "inner_lr": "lr", "inner_grad_clip": "gra
 _FAST_KEYS = {"rank": "rank", "alpha": "alpha", "layer_fraction": "layer_fraction", "target_modules": "target_modules"}
 FOCUSFT_KEYS = ("bilevel", "attention", "mask", "fast_weight_scope", *_INNER_KEYS, *_FAST_KEYS)
 
+# Every top-level key the recipe reads. Any other key is a typo unless it was added on
+# purpose with `+key=value` or is referenced by an interpolation (`base_dir: …` used as
+# `${base_dir}/vocab.json`). Extend this tuple when the recipe reads a new key.
+RECIPE_KEYS: tuple[str, ...] = (
+    # components
+    "model",
+    "tokenizer",
+    "checkpointer",
+    "dataset",
+    "optimizer",
+    "lr_scheduler",
+    "metric_logger",
+    "focusft",
+    "attention_probe",
+    # data
+    "seed",
+    "shuffle",
+    "length_grouped",
+    "collate_fn",
+    "batch_size",
+    "gradient_accumulation_steps",
+    # schedule
+    "epochs",
+    "max_steps_per_epoch",
+    "warmup_ratio",
+    "clip_grad_norm",
+    # hardware
+    "device",
+    "dtype",
+    "enable_activation_checkpointing",
+    "compile",
+    "fsdp_reshard_after_forward",
+    # checkpoints and logging
+    "output_dir",
+    "save_every_n_steps",
+    "stop_after_step",
+    "resume_from_checkpoint",
+    "keep_recipe_states",
+    "log_every_n_steps",
+    # numerics
+    "max_consecutive_skipped_steps",
+)
+ADDITION_PREFIX = "+"  # `+key=value` on the command line: a key added on purpose
+
 VARIANTS = {
     (False, "causal"): "Standard SFT",
     (False, "bidir_context"): "SFT + Bidir",
     (True, "causal"): "Causal Bilevel",
     (True, "bidir_context"): "FocuSFT",
 }
-
-
-class ConfigError(ValueError):
-    """A config value, path or batch setting that cannot work, named in the message."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +154,81 @@ class FocusConfig:
         return self.mask  # type: ignore[return-value]
 
 
+def accept_additions(cfg: DictConfig) -> tuple[DictConfig, set[str]]:
+    """Merge `+key=value` overrides into the config as `key`, returning the dotted keys added that way.
+
+    torchtune's parser stores ``+dataset.foo=1`` as a key ``+dataset``; here it becomes
+    ``dataset.foo`` and is exempt from the unknown-key check.
+    """
+    added: set[str] = set()
+    additions = {}
+    for key in [k for k in cfg if str(k).startswith(ADDITION_PREFIX)]:
+        name = str(key)[len(ADDITION_PREFIX) :]
+        value = cfg[key]
+        additions[name] = value
+        if isinstance(value, DictConfig):
+            added |= {f"{name}.{sub}" for sub in value}
+        else:
+            added.add(name)
+        del cfg[key]
+    return OmegaConf.merge(cfg, additions), added
+
+
+def _interpolated_names(cfg: DictConfig) -> set[str]:
+    """Top-level names that some value refers to as ``${name…}``."""
+    return set(re.findall(r"\$\{\s*([A-Za-z_]\w*)", OmegaConf.to_yaml(cfg, resolve=False)))
+
+
+def _unknown(keys: list[str], known: tuple[str, ...] | list[str], where: str) -> str:
+    parts = []
+    for key in keys:
+        close = difflib.get_close_matches(key, known, n=1)
+        parts.append(f"`{where}{key}`" + (f" (did you mean `{where}{close[0]}`?)" if close else ""))
+    return ", ".join(parts)
+
+
+def check_known_keys(cfg: DictConfig, added: Collection[str] = ()) -> None:
+    """Unknown top-level keys and unknown ``dataset`` arguments are errors, with a did-you-mean."""
+    allowed = set(RECIPE_KEYS) | _interpolated_names(cfg) | set(added)
+    unknown = [str(k) for k in cfg if str(k) not in allowed]
+    require(
+        not unknown,
+        f"Unknown config key(s) {_unknown(unknown, RECIPE_KEYS, '')}. "
+        "To add a key on purpose, write it as `+key=value`.",
+    )
+    dataset = cfg.get("dataset")
+    if isinstance(dataset, DictConfig) and "_component_" in dataset:
+        builder = import_object(dataset._component_, "dataset._component_")
+        check_component_arguments(builder, dataset, "dataset.", {k.removeprefix("dataset.") for k in added})
+
+
+def import_object(path: Any, key: str) -> Any:
+    """``package.module.name`` -> the object, or a ConfigError naming the key."""
+    module, _, name = str(path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(f"`{key}` {path!r} cannot be imported: {error}") from None
+
+
+def check_component_arguments(builder: Any, section: DictConfig, where: str, added: Collection[str] = ()) -> None:
+    """Keys of a component section that its builder does not take (or, if it takes ``**kwargs``, misspells)."""
+    try:
+        parameters = inspect.signature(builder).parameters.values()
+    except (TypeError, ValueError):
+        return
+    named = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    takes_kwargs = any(p.kind == p.VAR_KEYWORD for p in parameters)
+    keys = [str(k) for k in section if k != "_component_" and str(k) not in named and str(k) not in added]
+    if takes_kwargs:  # other keys are passed on (e.g. to datasets.load_dataset); a near-miss is a typo
+        keys = [k for k in keys if difflib.get_close_matches(k, named, n=1, cutoff=0.8)]
+    require(
+        not keys,
+        f"Unknown key(s) {_unknown(keys, named, where)} for {section._component_}. "
+        "To pass one on purpose, write it as `+key=value`.",
+    )
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
@@ -129,6 +250,10 @@ def require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _is_int(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
@@ -142,20 +267,65 @@ def check_training_values(cfg: DictConfig) -> None:
     for key in ("max_steps_per_epoch", "save_every_n_steps", "stop_after_step"):
         value = cfg.get(key)
         require(value is None or _is_int(value, 1), f"`{key}` must be null or an integer >= 1, got {value!r}.")
-    require(_is_int(cfg.get("log_every_n_steps", 1), 1), "`log_every_n_steps` must be an integer >= 1.")
+    for key, default in (("log_every_n_steps", 1), ("keep_recipe_states", 2), ("max_consecutive_skipped_steps", 10)):
+        value = cfg.get(key, default)
+        require(_is_int(value, 1), f"`{key}` must be an integer >= 1, got {value!r}.")
     clip = cfg.get("clip_grad_norm")
     require(
         clip is None or (isinstance(clip, (int, float)) and clip > 0),
         f"`clip_grad_norm` must be null or a number > 0, got {clip!r}.",
     )
-    warmup = cfg.get("warmup_ratio", 0.0)
+    warmup = cfg.get("warmup_ratio")
     require(
-        isinstance(warmup, (int, float)) and 0 <= warmup < 1 and math.isfinite(warmup),
-        f"`warmup_ratio` must be in [0, 1), got {warmup!r}.",
+        warmup is None or (_is_number(warmup) and 0 <= warmup < 1),
+        f"`warmup_ratio` must be null or in [0, 1), got {warmup!r}.",
+    )
+    scheduler = cfg.get("lr_scheduler")
+    if scheduler is not None and "num_warmup_steps" in scheduler:
+        require(
+            warmup is None,
+            "Set either `warmup_ratio` or `lr_scheduler.num_warmup_steps`, not both "
+            "(to use num_warmup_steps, also pass warmup_ratio=null).",
+        )
+        steps = scheduler.num_warmup_steps
+        require(_is_int(steps, 0), f"`lr_scheduler.num_warmup_steps` must be an integer >= 0, got {steps!r}.")
+    lr = cfg.optimizer.get("lr")
+    require(
+        lr is None or (_is_number(lr) and lr > 0),
+        f"`optimizer.lr` must be a finite number > 0, got {lr!r}.",
     )
     require(cfg.get("dtype") in ("fp32", "bf16"), f"`dtype` must be fp32 or bf16, got {cfg.get('dtype')!r}.")
     require(cfg.get("device") in ("cpu", "cuda"), f"`device` must be cpu or cuda, got {cfg.get('device')!r}.")
     require(isinstance(cfg.get("seed"), int), f"`seed` must be an integer, got {cfg.get('seed')!r}.")
+
+
+def check_device(cfg: DictConfig) -> None:
+    """``device: cuda`` needs a visible GPU for this process (torchrun's LOCAL_RANK)."""
+    if cfg.device != "cuda":
+        return
+    require(
+        torch.cuda.is_available(),
+        f"device=cuda, but this process sees no CUDA GPU (torch {torch.__version__}, "
+        f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'}). "
+        "Use device=cpu dtype=fp32, or run where a GPU is visible.",
+    )
+    local_rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+    require(
+        local_rank < count,
+        f"Process with LOCAL_RANK {local_rank} has no GPU: only {count} visible. "
+        "Set --nproc_per_node to at most the number of GPUs.",
+    )
+
+
+def check_output_dir(output_dir: Any) -> Path:
+    """Create ``output_dir`` if needed and check that files can be written there."""
+    path = Path(str(output_dir)).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"output_dir {path} cannot be created: {error.strerror or error}.") from None
+    require(os.access(path, os.W_OK | os.X_OK), f"output_dir {path} is not writable.")
+    return path
 
 
 def checkpoint_files(checkpointer: DictConfig) -> list[str]:
@@ -186,3 +356,28 @@ def check_input_files(cfg: DictConfig, base_checkpoint: bool = True) -> None:
         value = cfg.tokenizer.get(key)
         if value is not None:
             require(Path(str(value)).is_file(), f"tokenizer.{key} file not found: {value}")
+    dataset = cfg.dataset
+    if dataset.get("source") in ("json", "parquet") and dataset.get("data_files") is not None:
+        files = _plain(dataset.data_files)
+        for name in [files] if isinstance(files, str) else files:
+            require(Path(str(name)).is_file(), f"dataset.data_files file not found: {name}")
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return {k: v for key, sub in value.items() for k, v in _flatten(sub, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Collection[str]) -> list[str]:
+    """``"key saved -> current"`` for each setting under ``keys`` that differs between two plain configs."""
+    missing = object()
+    before = {k: v for key in keys for k, v in _flatten(saved.get(key, missing), key).items()}
+    after = {k: v for key in keys for k, v in _flatten(current.get(key, missing), key).items()}
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key, missing), after.get(key, missing)
+        if old != new:
+            show = lambda v: "(unset)" if v is missing else repr(v)  # noqa: E731
+            changed.append(f"{key} {show(old)} -> {show(new)}")
+    return changed

@@ -8,21 +8,33 @@ Per micro-batch: build one attention mask (``focusft.attention``), run the trunk
 document (sample) of the micro-batch, then the outer response loss
 (:func:`focusft.bilevel.bilevel_step`), and backpropagate it into θ. The outer loss is
 normalised by the response tokens of the whole global batch.
+
+An optimizer step whose outer loss or θ-gradient is not finite on any rank is skipped on
+every rank; ``max_consecutive_skipped_steps`` in a row stop the run. Bad input of any kind
+stops the run before compute with one line ``FocuSFT <kind> error: …`` and exit code 3.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
+import os
 import resource
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from omegaconf import DictConfig
-from torch.distributed import all_gather_object, all_reduce, barrier, destroy_process_group, init_process_group
+from omegaconf import DictConfig, OmegaConf
+from torch.distributed import (
+    all_gather_object,
+    all_reduce,
+    broadcast_object_list,
+    destroy_process_group,
+    init_process_group,
+)
 from torch.distributed.tensor import DTensor
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
@@ -34,18 +46,53 @@ from tqdm import tqdm
 from focusft.analysis.probe import AttentionProbe, AttentionProbeConfig
 from focusft.batch import prepare_batch
 from focusft.bilevel import bilevel_step
-from focusft.checkpointing import CheckpointManager
-from focusft.config import ConfigError, FocusConfig, check_input_files, check_training_values
-from focusft.data import LengthGroupedSampler
+from focusft.checkpointing import LATEST, CheckpointError, CheckpointManager
+from focusft.config import (
+    ConfigError,
+    FocusConfig,
+    accept_additions,
+    check_device,
+    check_input_files,
+    check_known_keys,
+    check_output_dir,
+    check_training_values,
+    config_differences,
+    import_object,
+)
+from focusft.data import LengthGroupedSampler, collate_focus_batch
+from focusft.data.sources import DataError
 from focusft.documents import fast_weight_seed
 from focusft.fast_weights import attach_fast_weight_slots
 from focusft.masks import build_mask
+from focusft.run_guard import REPORTED_ERROR_EXIT_CODE, exit_when_launcher_dies, lock_output_dir
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
 
 log = utils.get_logger("INFO")
+T = TypeVar("T")
 
 # Index of each per-step statistic in the tensor all-reduced once per optimizer step.
-LOSS_SUM, TOKENS, INPUT_TOKENS, SKIPPED, DELTA_SUM, FAST_WEIGHT_SETS, DOCUMENTS, INNER_LOSSES = range(8)
+LOSS_SUM, TOKENS, INPUT_TOKENS, SKIPPED, DELTA_SUM, FAST_WEIGHT_SETS, DOCUMENTS, NON_FINITE_GRADS, INNER_LOSSES = range(
+    9
+)
+# Settings whose change between a checkpoint and its resume is reported.
+RESUME_COMPARED_KEYS = (
+    "dataset",
+    "optimizer",
+    "lr_scheduler",
+    "warmup_ratio",
+    "clip_grad_norm",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "shuffle",
+    "length_grouped",
+    "collate_fn",
+    "epochs",
+    "max_steps_per_epoch",
+)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite steps in a row); the message says why."""
 
 
 class FocuSFTRecipeDistributed(FTRecipeInterface):
@@ -56,7 +103,9 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         self.focus = FocusConfig.from_section(cfg.get("focusft"))
         self.probe_config = AttentionProbeConfig.from_section(cfg.get("attention_probe"))
         check_training_values(cfg)
+        check_device(cfg)
         check_input_files(cfg, base_checkpoint=not cfg.get("resume_from_checkpoint", False))
+        self.output_dir = check_output_dir(cfg.output_dir)
 
         self.device = utils.get_device(device=cfg.device)
         self.dtype = training.get_dtype(cfg.dtype, device=self.device)
@@ -64,9 +113,9 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         init_process_group(training.get_distributed_backend(self.device.type))
         self.world_size, self.rank = utils.get_world_size_and_rank()
         self.is_rank_zero = self.rank == 0
+        self._lock = self._on_rank_zero(lambda: lock_output_dir(self.output_dir))
 
         self.seed = training.set_seed(seed=cfg.seed)
-        self.output_dir = cfg.output_dir
         self.total_epochs = cfg.epochs
         self.max_steps_per_epoch = cfg.get("max_steps_per_epoch")
         self.grad_accum = cfg.gradient_accumulation_steps
@@ -74,17 +123,47 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         self.save_every_n_steps = cfg.get("save_every_n_steps")
         self.stop_after_step = cfg.get("stop_after_step")
         self.log_every_n_steps = cfg.get("log_every_n_steps", 1)
+        self.max_consecutive_skips = cfg.get("max_consecutive_skipped_steps", 10)
         self.inner = self.focus.inner_loop
+        self.config_snapshot = OmegaConf.to_container(cfg, resolve=True)
 
         self.epochs_run = 0
         self.global_step = 0
         self.steps_in_epoch = 0  # optimizer steps already taken in the current epoch (on resume)
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient, in all
+        self.consecutive_skips = 0
+
+    def _on_rank_zero(self, action: Callable[[], T]) -> T | None:
+        """Run ``action`` on rank 0 only; a ConfigError it raises is raised on every rank."""
+        result, message = None, [None]
+        if self.is_rank_zero:
+            try:
+                result = action()
+            except ConfigError as error:
+                message = [str(error)]
+        broadcast_object_list(message, src=0)
+        if message[0] is not None:
+            raise ConfigError(message[0])
+        return result
 
     def setup(self, cfg: DictConfig) -> None:
         self.checkpoints = CheckpointManager(
-            cfg.checkpointer, self.output_dir, cfg.get("resume_from_checkpoint", False)
+            cfg.checkpointer,
+            self.output_dir,
+            cfg.get("resume_from_checkpoint", False),
+            keep_recipe_states=cfg.get("keep_recipe_states", 2),
         )
         recipe_state = self.checkpoints.load_recipe_state()
+        if recipe_state is not None and recipe_state["epoch"] >= self.total_epochs:
+            raise ConfigError(
+                f"The run in {self.output_dir} is finished: {self.checkpoints.resume_dir.name} ends epoch "
+                f"{recipe_state['epoch']} of {self.total_epochs} (step {recipe_state['global_step']}). "
+                "Nothing to resume; raise `epochs` to train longer, or choose another output_dir."
+            )
+        # Leftovers of a crash or a full disk go before anything else is written.
+        self._on_rank_zero(self.checkpoints.remove_stale)
+        # As torchtune does, the logger comes before data and model: a missing package fails fast.
+        self.metric_logger = self._on_rank_zero(lambda: self._setup_metric_logger(cfg))
 
         self.tokenizer = config.instantiate(cfg.tokenizer)
         self.dataloader = self._setup_data(cfg)
@@ -110,14 +189,15 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             )
 
         self.model, self.slots = self._setup_model(cfg)
-        self.optimizer = config.instantiate(cfg.optimizer, self.model.parameters())
+        try:
+            self.optimizer = config.instantiate(cfg.optimizer, self.model.parameters())
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"optimizer ({cfg.optimizer.get('_component_')}): {error}") from None
         self.lr_scheduler = self._setup_lr_scheduler(cfg)
         if recipe_state is not None:
             self._restore(recipe_state)
 
         if self.is_rank_zero:
-            self.metric_logger = config.instantiate(cfg.metric_logger)
-            self.metric_logger.log_config(cfg)
             log.info(
                 f"{self.focus.variant}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
                 f"{self.world_size} process(es), {self.mask_kind} mask, fast weights on layers "
@@ -126,16 +206,30 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         if self.probe is not None and self.global_step == 0:
             self._probe_attention()  # the starting point
 
+    def _setup_metric_logger(self, cfg: DictConfig):
+        try:
+            metric_logger = config.instantiate(cfg.metric_logger)
+        except ImportError as error:
+            raise ConfigError(f"metric_logger {cfg.metric_logger.get('_component_')} cannot be used: {error}") from None
+        metric_logger.log_config(cfg)
+        return metric_logger
+
     def _setup_data(self, cfg: DictConfig) -> StatefulDataLoader:
         dataset = config.instantiate(cfg.dataset, self.tokenizer)
+        collate = import_object(cfg.get("collate_fn", "focusft.data.collate_focus_batch"), "collate_fn")
+        if collate is collate_focus_batch and len(dataset) and "context" not in dataset[0]:
+            raise ConfigError(
+                f"dataset items of {cfg.dataset.get('_component_')} have no `context` field (keys: "
+                f"{sorted(dataset[0])}), which collate_focus_batch needs to tell context from response tokens. "
+                "torchtune's own datasets do not provide it: convert the data to OpenAI `messages` or ShareGPT "
+                "`conversations` JSON Lines and use focusft.data.chat_dataset (source: json, data_files: …)."
+            )
         if self.inner is not None and len(dataset) and "sample_index" not in dataset[0]:
             raise ConfigError(
                 "Bilevel training seeds each sample's fast weights from its dataset index, but the dataset's "
                 "items have no `sample_index` (a list with the item's own index, or its packed samples' indices). "
                 "The focusft.data builders add it."
             )
-        module, _, name = cfg.get("collate_fn", "focusft.data.collate_focus_batch").rpartition(".")
-        collate = getattr(importlib.import_module(module), name)
         shuffle = cfg.get("shuffle", True)
         if cfg.get("length_grouped", False):
             if not hasattr(dataset, "lengths"):
@@ -180,15 +274,27 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         return model, slots
 
     def _setup_lr_scheduler(self, cfg: DictConfig):
+        """Warm-up from ``lr_scheduler.num_warmup_steps`` or, if absent, ``warmup_ratio`` of all steps."""
         if cfg.get("lr_scheduler") is None:
             return None
-        warmup = math.ceil(cfg.get("warmup_ratio", 0.0) * self.total_steps)
+        if "num_warmup_steps" in cfg.lr_scheduler:
+            return config.instantiate(cfg.lr_scheduler, self.optimizer, num_training_steps=self.total_steps)
+        warmup = math.ceil((cfg.get("warmup_ratio") or 0.0) * self.total_steps)
         return config.instantiate(
             cfg.lr_scheduler, self.optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps
         )
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Continue exactly where the saved run stopped: weights are already loaded."""
+        if self.is_rank_zero and state.get("config") is not None:
+            changed = config_differences(state["config"], self.config_snapshot, RESUME_COMPARED_KEYS)
+            if changed:
+                log.warning(
+                    f"Resuming {self.checkpoints.resume_dir} with settings that differ from the saved run: "
+                    f"{'; '.join(changed)}. The checkpoint's optimizer and LR-scheduler state are restored, so "
+                    "its learning rate and other optimizer hyperparameters stay in effect; data settings apply "
+                    "as given, from the saved position in the data."
+                )
         saved = (state["seed"], state["world_size"], state["steps_per_epoch"])
         if saved != (self.seed, self.world_size, self.steps_per_epoch):
             raise ConfigError(
@@ -200,6 +306,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.epochs_run, self.global_step = state["epoch"], state["global_step"]
         self.steps_in_epoch = state["steps_in_epoch"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.consecutive_skips = state.get("consecutive_skipped_steps", 0)
         if state["dataloader"] is not None:
             self.dataloader.load_state_dict(state["dataloader"])
         torch.set_rng_state(state["rng"][self.rank])
@@ -214,31 +322,10 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 disable=not self.is_rank_zero,
                 desc=f"epoch {epoch + 1}",
             )
-            stats = self._new_stats()
-            start = time.perf_counter()
-            for index, batch in enumerate(self.dataloader):
-                self._micro_batch(batch, epoch, stats)
-                if (index + 1) % self.grad_accum:
-                    continue
-                lr, grad_norm = self._optimizer_step(stats)
-                self.global_step += 1
-                self.steps_in_epoch += 1
-                progress.update(1)
-                if self.global_step % self.log_every_n_steps == 0:
-                    self._log(stats, lr, grad_norm, time.perf_counter() - start, progress)
-                if self.probe is not None and self.probe.due(self.global_step):
-                    self._probe_attention()
-                stats, start = self._new_stats(), time.perf_counter()
-
-                end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
-                stopping = self.global_step == self.stop_after_step
-                if not end_of_epoch and (
-                    stopping or (self.save_every_n_steps and self.global_step % self.save_every_n_steps == 0)
-                ):
-                    self._save(f"step_{self.global_step}", epoch, mid_epoch=True)
-                if end_of_epoch or stopping:
-                    break
-            progress.close()
+            try:
+                self._train_epoch(epoch, progress)
+            finally:
+                progress.close()  # also on an error, so that its message starts a line of its own
             if self.steps_in_epoch == self.steps_per_epoch:
                 self.epochs_run, self.steps_in_epoch = epoch + 1, 0
                 self._save(f"epoch_{epoch}", epoch + 1, mid_epoch=False)
@@ -246,6 +333,35 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 log.info(
                     f"Stopped after step {self.global_step} (stop_after_step); resume with resume_from_checkpoint=True."
                 )
+                return
+
+    def _train_epoch(self, epoch: int, progress: tqdm) -> None:
+        """Optimizer steps until the epoch ends or ``stop_after_step``, saving mid-epoch checkpoints."""
+        stats = self._new_stats()
+        start = time.perf_counter()
+        for index, batch in enumerate(self.dataloader):
+            self._micro_batch(batch, epoch, stats)
+            if (index + 1) % self.grad_accum:
+                continue
+            lr, grad_norm, skipped = self._optimizer_step(stats)
+            self.global_step += 1
+            self.steps_in_epoch += 1
+            progress.update(1)
+            self._count_skip(skipped)
+            if self.global_step % self.log_every_n_steps == 0:
+                self._log(stats, lr, grad_norm, time.perf_counter() - start, progress)
+            self._stop_if_diverged()
+            if self.probe is not None and self.probe.due(self.global_step):
+                self._probe_attention()
+            stats, start = self._new_stats(), time.perf_counter()
+
+            end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
+            stopping = self.global_step == self.stop_after_step
+            if not end_of_epoch and (
+                stopping or (self.save_every_n_steps and self.global_step % self.save_every_n_steps == 0)
+            ):
+                self._save(f"step_{self.global_step}", epoch, mid_epoch=True)
+            if end_of_epoch or stopping:
                 return
 
     def _new_stats(self) -> torch.Tensor:
@@ -281,21 +397,65 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         stats[DOCUMENTS] += mb.documents.found
         stats[INNER_LOSSES:] += result.inner_losses.double() * tokens  # token-weighted across micro-batches
 
-    def _optimizer_step(self, stats: torch.Tensor) -> tuple[float, float]:
-        """Average the gradients over the global batch's response tokens, clip, step; returns (lr, grad norm)."""
+    def _optimizer_step(self, stats: torch.Tensor) -> tuple[float, float, bool]:
+        """Average the gradients over the global batch's response tokens, clip, step.
+
+        Returns (lr, grad norm, skipped). The step is skipped on every rank when the outer
+        loss or a θ-gradient is not finite on any rank: each rank flags its own gradient
+        shards, and the flag travels in the statistics all-reduce the step makes anyway.
+        The verdict reaches the host together with the grad norm, in one transfer.
+        """
+        stats[NON_FINITE_GRADS] = (~torch.isfinite(self._local_grad_norm())).double()
         all_reduce(stats)
+        non_finite = ~torch.isfinite(stats[LOSS_SUM]) | (stats[NON_FINITE_GRADS] > 0)
         # FSDP averages gradients over ranks; scaling by world_size / tokens makes it a per-token mean.
         training.scale_grads(self.model, self.world_size / stats[TOKENS].clamp(min=1).float())
         grad_norm = float("nan")
         if self.clip_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=float(self.clip_grad_norm))
-            grad_norm = (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
+            norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+            skip, grad_norm = torch.stack([non_finite.float(), norm.float()]).tolist()
+        else:
+            skip = non_finite.item()
         lr = get_lr(self.optimizer)
-        self.optimizer.step()
+        if not skip:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.lr_scheduler is not None:
-            self.lr_scheduler.step()
-        return lr, grad_norm
+            with warnings.catch_warnings():  # a skipped first step is not the misuse torch warns about
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+                self.lr_scheduler.step()  # the schedule follows the data steps, skipped or not
+        return lr, grad_norm, bool(skip)
+
+    def _local_grad_norm(self) -> torch.Tensor:
+        """Norm of this rank's gradient shards: finite exactly when all of them are."""
+        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in self.model.parameters()]
+        grads = [g for g in grads if g is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+
+    def _count_skip(self, skipped: bool) -> None:
+        if not skipped:
+            self.consecutive_skips = 0
+            return
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        if self.is_rank_zero:
+            log.warning(
+                f"Step {self.global_step}: the outer loss or a gradient of θ is not finite on at least one "
+                f"process; skipped this optimizer step ({self.consecutive_skips} in a row, "
+                f"{self.skipped_steps} in this run)."
+            )
+
+    def _stop_if_diverged(self) -> None:
+        if self.consecutive_skips < self.max_consecutive_skips:
+            return
+        latest = self.output_dir / LATEST
+        kept = f"{latest.read_text().strip()} stays LATEST" if latest.is_file() else "no checkpoint was written"
+        raise TrainingError(
+            f"{self.consecutive_skips} optimizer steps in a row (up to step {self.global_step}) had a non-finite "
+            f"outer loss or gradient (max_consecutive_skipped_steps={self.max_consecutive_skips}); stopped, "
+            f"{kept}. Lower optimizer.lr or focusft.inner_lr, or check the data, then resume."
+        )
 
     def _log(self, stats: torch.Tensor, lr: float, grad_norm: float, seconds: float, progress: tqdm) -> None:
         if not self.is_rank_zero:
@@ -316,6 +476,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             metrics["inner_skipped_updates"] = int(stats[SKIPPED].item())
             metrics["fast_weight_delta_norm"] = (stats[DELTA_SUM] / stats[FAST_WEIGHT_SETS]).item()
             metrics["documents"] = int(stats[DOCUMENTS].item())
+        metrics["skipped_steps"] = self.skipped_steps
         metrics |= self._memory_stats()
         self.metric_logger.log_dict(metrics, step=self.global_step)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
@@ -332,7 +493,10 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
     def _save(self, name: str, next_epoch: int, mid_epoch: bool) -> None:
-        """Gather the full weights and optimizer state (collective), then write on rank 0."""
+        """Gather the full weights and optimizer state (collective), then write on rank 0.
+
+        A save that rank 0 refuses (weights not finite, disk full) stops every rank.
+        """
         model_state = training.gather_cpu_state_dict(self.model, self.is_rank_zero, device=self.device)
         optimizer_state = training.get_full_optimizer_state_dict(
             self.model, self.optimizer, self.is_rank_zero, device=self.device
@@ -351,11 +515,21 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 "optimizer": optimizer_state,
                 "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
                 "rng": rng,
+                "skipped_steps": self.skipped_steps,
+                "consecutive_skipped_steps": self.consecutive_skips,
+                "config": self.config_snapshot,
             }
             decoder_state = {k.removeprefix("decoder."): v for k, v in model_state.items()}
-            path = self.checkpoints.save(name, decoder_state, recipe_state)
-            log.info(f"Saved checkpoint {path}")
-        barrier()
+        failure = [None]
+        if self.is_rank_zero:
+            try:
+                path = self.checkpoints.save(name, decoder_state, recipe_state, step=self.global_step)
+                log.info(f"Saved checkpoint {path}")
+            except CheckpointError as error:
+                failure = [str(error)]
+        broadcast_object_list(failure, src=0)
+        if failure[0] is not None:
+            raise CheckpointError(failure[0])
 
     def cleanup(self) -> None:
         if self.is_rank_zero:
@@ -363,27 +537,47 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         destroy_process_group()
 
 
-def exit_with_config_error(error: ConfigError) -> None:
-    """One readable line instead of a traceback.
+# Errors whose message is written for the user, and the word that names them.
+USER_ERRORS: dict[type[Exception], str] = {
+    ConfigError: "config",
+    DataError: "data",
+    CheckpointError: "checkpoint",
+    TrainingError: "training",
+}
 
-    Every rank prints it: torchrun stops the other ranks as soon as the first one exits,
-    so a line printed by rank 0 alone can be lost.
+
+def exit_with_error(error: Exception) -> None:
+    """One readable line ``FocuSFT <kind> error: …`` instead of a traceback, and exit code 3.
+
+    Every rank that hits the error prints it: torchrun stops the other ranks as soon as
+    the first one exits, so a line printed by rank 0 alone can be lost.
     """
+    kind = next(word for cls, word in USER_ERRORS.items() if isinstance(error, cls))
+    message = " ".join(str(error).split())
+    print(f"FocuSFT {kind} error: {message}", file=sys.stderr, flush=True)
     if torch.distributed.is_initialized():
         destroy_process_group()
-    sys.exit(f"FocuSFT config error: {error}")
+    sys.exit(REPORTED_ERROR_EXIT_CODE)
 
 
 @config.parse
 def recipe_main(cfg: DictConfig) -> None:
+    errors = tuple(USER_ERRORS)
     try:
+        cfg, added = accept_additions(cfg)
+        check_known_keys(cfg, added)
         recipe = FocuSFTRecipeDistributed(cfg=cfg)
         recipe.setup(cfg=cfg)
-    except ConfigError as error:
-        exit_with_config_error(error)
-    recipe.train()
+    except errors as error:
+        exit_with_error(error)
+    try:
+        recipe.train()
+    except errors as error:
+        exit_with_error(error)
     recipe.cleanup()
 
 
 if __name__ == "__main__":
+    if "LOCAL_RANK" in os.environ:  # started by torchrun: do not outlive it
+        exit_when_launcher_dies()
     sys.exit(recipe_main())

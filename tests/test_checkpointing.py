@@ -1,10 +1,13 @@
 """Checkpoints are written whole or not at all, and resume finds the last complete one."""
 
+import errno
+
 import pytest
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
-from focusft.checkpointing import LATEST, RECIPE_STATE, CheckpointManager
+from focusft.checkpointing import LATEST, RECIPE_STATE, CheckpointError, CheckpointManager
 from focusft.config import ConfigError
 from focusft.tiny import write_tiny_checkpoint
 
@@ -50,16 +53,110 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(cfg, tmp_path):
         torch.testing.assert_close(value, state[key], atol=0, rtol=0)
 
 
-def test_only_the_latest_checkpoint_keeps_the_recipe_state(cfg, tmp_path):
+def saved_states(out):
+    return sorted(p.parent.name for p in out.glob(f"*/{RECIPE_STATE}"))
+
+
+def test_the_newest_checkpoints_keep_their_recipe_state(cfg, tmp_path):
+    out = tmp_path / "run"
+    manager = CheckpointManager(cfg, out, resume=False)  # keep_recipe_states=2
+    state = manager.load_model_state()
+    for step, name in enumerate(["step_1", "epoch_0", "step_3", "epoch_1"], start=1):
+        manager.save(name, dict(state), {"global_step": step}, step=step)
+    assert (out / LATEST).read_text() == "epoch_1"
+    assert saved_states(out) == ["epoch_1", "step_3"]
+    assert (out / "step_1" / "model-00001-of-00001.safetensors").is_file()
+    assert not list(out.glob(".staging*"))
+
+    single = tmp_path / "single"
+    manager = CheckpointManager(cfg, single, resume=False, keep_recipe_states=1)
+    state = manager.load_model_state()
+    manager.save("step_1", dict(state), {}, step=1)
+    manager.save("step_2", dict(state), {}, step=2)
+    assert saved_states(single) == ["step_2"]
+
+
+def test_non_finite_weights_are_never_written(cfg, tmp_path):
     out = tmp_path / "run"
     manager = CheckpointManager(cfg, out, resume=False)
     state = manager.load_model_state()
-    manager.save("step_3", dict(state), {"global_step": 3})
-    manager.save("epoch_0", dict(state), {"global_step": 4})
-    assert (out / LATEST).read_text() == "epoch_0"
-    assert (out / "epoch_0" / RECIPE_STATE).is_file() and not (out / "step_3" / RECIPE_STATE).exists()
-    assert (out / "step_3" / "model-00001-of-00001.safetensors").is_file()
+    manager.save("step_1", dict(state), {"global_step": 1}, step=1)
+    poisoned = dict(state)
+    name = sorted(state)[3]
+    poisoned[name] = state[name].clone()
+    poisoned[name].view(-1)[7] = float("inf")
+    with pytest.raises(
+        CheckpointError, match=rf"refusing to write checkpoint .*step_2: weight {name} holds NaN or inf"
+    ):
+        manager.save("step_2", poisoned, {"global_step": 2}, step=2)
+    assert (out / LATEST).read_text() == "step_1"
+    assert not (out / "step_2").exists() and not list(out.glob(".staging*"))
+
+
+def test_disk_full_says_no_space_left_and_keeps_latest(cfg, tmp_path):
+    out = tmp_path / "run"
+    manager = CheckpointManager(cfg, out, resume=False)
+    state = manager.load_model_state()
+    manager.save("step_1", dict(state), {"global_step": 1}, step=1)
+
+    def full(state_dict, epoch, **_):
+        partial = out / ".staging" / "epoch_0"
+        partial.mkdir(parents=True)
+        (partial / "model-00001-of-00001.safetensors").write_bytes(b"half")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as error:  # safetensors and torch.save wrap the OSError in errors of their own
+            raise RuntimeError("file write failed") from error
+
+    manager.checkpointer.save_checkpoint = full
+    with pytest.raises(CheckpointError, match=f"no space left on {out} while writing checkpoint step_2"):
+        manager.save("step_2", dict(state), {"global_step": 2}, step=2)
+    assert (out / LATEST).read_text() == "step_1" and not (out / ".staging").exists()
+
+
+def corrupt(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("broken", [RECIPE_STATE, "model-00001-of-00001.safetensors"])
+def test_resume_falls_back_when_latest_cannot_be_read(cfg, tmp_path, broken, caplog):
+    out = tmp_path / "run"
+    manager = CheckpointManager(cfg, out, resume=False)
+    state = manager.load_model_state()
+    manager.save("epoch_0", dict(state), {"global_step": 2}, step=2)
+    newer = {k: v + 1 for k, v in state.items()}
+    manager.save("step_3", newer, {"global_step": 3}, step=3)
+    corrupt(out / "step_3" / broken)
+    (out / ".staging" / "epoch_0").mkdir(parents=True)  # what a full disk leaves behind
+    (out / ".staging" / "epoch_0" / "model-00001-of-00001.safetensors").write_bytes(b"partial")
+
+    resumed = CheckpointManager(cfg, out, resume=True)
+    assert resumed.resume_dir == out / "epoch_0"
+    assert resumed.load_recipe_state() == {"global_step": 2}
+    assert f"Cannot resume from {out / 'step_3'}" in caplog.text
+    for key, value in resumed.load_model_state().items():
+        torch.testing.assert_close(value, state[key], atol=0, rtol=0)
+    resumed.remove_stale()  # what the recipe does at start-up
     assert not (out / ".staging").exists()
+    assert saved_states(out) == ["epoch_0", "step_3"]
+
+    corrupt(out / "epoch_0" / RECIPE_STATE)
+    with pytest.raises(ConfigError, match="No checkpoint in .* can be resumed from: step_3: .*; epoch_0: "):
+        CheckpointManager(cfg, out, resume=True)
+
+
+def test_a_resumed_checkpoint_keeps_its_state_until_the_run_saves(cfg, tmp_path):
+    out = tmp_path / "run"
+    manager = CheckpointManager(cfg, out, resume=False, keep_recipe_states=1)
+    state = manager.load_model_state()
+    manager.save("epoch_0", dict(state), {"global_step": 2}, step=2)
+    manager.save("step_3", dict(state), {"global_step": 3}, step=3)
+    assert saved_states(out) == ["step_3"]
+    load_file(out / "step_3" / "model-00001-of-00001.safetensors")  # weights of older checkpoints stay
+    resumed = CheckpointManager(cfg, out, resume=True, keep_recipe_states=1)
+    resumed.remove_stale()
+    assert saved_states(out) == ["step_3"]
 
 
 def test_resume_without_a_checkpoint_and_fresh_run_over_one_are_refused(cfg, tmp_path):

@@ -75,7 +75,7 @@ def test_block_mask_on_cpu_is_rejected_and_auto_picks_dense():
         ({"epochs": 0}, "`epochs` must be an integer >= 1"),
         ({"save_every_n_steps": 0}, "`save_every_n_steps` must be null or an integer >= 1"),
         ({"clip_grad_norm": -1.0}, "`clip_grad_norm` must be null or a number > 0"),
-        ({"warmup_ratio": 1.0}, "`warmup_ratio` must be in [0, 1)"),
+        ({"warmup_ratio": 1.0}, "`warmup_ratio` must be null or in [0, 1)"),
         ({"dtype": "fp16"}, "`dtype` must be fp32 or bf16"),
         ({"dataset": None}, "Config key `dataset` is required"),
     ],
@@ -127,3 +127,83 @@ def test_shipped_configs_are_valid_and_build_their_model(path):
         assert (cfg.epochs, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.seed) == (5, 1, 4, 1234)
         assert (cfg.dataset.max_seq_len, cfg.dtype, cfg.enable_activation_checkpointing) == (4096, "bf16", True)
         assert focus == FocusConfig()
+
+
+def test_unknown_keys_get_a_did_you_mean_and_plus_keys_are_allowed():
+    from focusft.config import accept_additions, check_known_keys
+
+    cfg = OmegaConf.load(REPO_CONFIG)  # base_dir is not a recipe key, but `${base_dir}` uses it
+    check_known_keys(cfg)
+    typo = OmegaConf.merge(cfg, OmegaConf.from_dotlist(["stop_after_stpe=3"]))
+    with pytest.raises(
+        ConfigError, match=r"Unknown config key\(s\) `stop_after_stpe` \(did you mean `stop_after_step`"
+    ):
+        check_known_keys(typo)
+    data_typo = OmegaConf.merge(cfg, OmegaConf.from_dotlist(["dataset.tsk=qa1"]))
+    with pytest.raises(ConfigError, match=r"`dataset.tsk` \(did you mean `dataset.task`\?\)"):
+        check_known_keys(data_typo)
+
+    added, keys = accept_additions(OmegaConf.merge(cfg, OmegaConf.from_dotlist(["+my_note=x", "+dataset.extra=1"])))
+    assert keys == {"my_note", "dataset.extra"} and added.my_note == "x" and added.dataset.extra == 1
+    assert "+my_note" not in added
+    check_known_keys(added, keys)
+
+
+def test_dataset_arguments_forwarded_as_kwargs_are_checked_for_typos_only():
+    from focusft.config import check_known_keys
+
+    cfg = OmegaConf.load("configs/qwen2_5/7B_focusft.yaml")  # chat_dataset(**load_dataset_kwargs)
+    check_known_keys(OmegaConf.merge(cfg, {"dataset": {"revision": "main"}}))  # goes to datasets.load_dataset
+    with pytest.raises(ConfigError, match=r"`dataset.long_sample_polcy` \(did you mean `dataset.long_sample_policy`"):
+        check_known_keys(OmegaConf.merge(cfg, {"dataset": {"long_sample_polcy": "truncate_left"}}))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"lr_scheduler": {"num_warmup_steps": 5}}, "Set either `warmup_ratio` or `lr_scheduler.num_warmup_steps`"),
+        ({"lr_scheduler": {"num_warmup_steps": -1}, "warmup_ratio": None}, "num_warmup_steps` must be an integer >= 0"),
+        ({"optimizer": {"lr": -1.0}}, "`optimizer.lr` must be a finite number > 0, got -1.0"),
+        ({"optimizer": {"lr": "fast"}}, "`optimizer.lr` must be a finite number > 0, got 'fast'"),
+        ({"keep_recipe_states": 0}, "`keep_recipe_states` must be an integer >= 1"),
+        ({"max_consecutive_skipped_steps": 0}, "`max_consecutive_skipped_steps` must be an integer >= 1"),
+    ],
+)
+def test_warmup_lr_and_robustness_values(override, message):
+    cfg = OmegaConf.merge(OmegaConf.load(REPO_CONFIG), override)
+    with pytest.raises(ConfigError) as error:
+        check_training_values(cfg)
+    assert message in str(error.value)
+
+
+def test_num_warmup_steps_alone_is_accepted():
+    cfg = OmegaConf.merge(OmegaConf.load(REPO_CONFIG), {"lr_scheduler": {"num_warmup_steps": 3}, "warmup_ratio": None})
+    check_training_values(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_line():
+    from focusft.config import check_device
+
+    with pytest.raises(ConfigError, match="device=cuda, but this process sees no CUDA GPU"):
+        check_device(OmegaConf.create({"device": "cuda"}))
+
+
+def test_output_dir_that_cannot_be_created(tmp_path):
+    from focusft.config import check_output_dir
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"output_dir .*file/run cannot be created: Not a directory"):
+        check_output_dir(tmp_path / "file" / "run")
+    assert check_output_dir(tmp_path / "new" / "run").is_dir()
+
+
+def test_config_differences_name_each_changed_setting():
+    from focusft.config import config_differences
+
+    saved = {"optimizer": {"lr": 1e-3, "betas": [0.9, 0.99]}, "batch_size": 2, "seed": 1}
+    now = {"optimizer": {"lr": 2e-3, "betas": [0.9, 0.99], "fused": True}, "batch_size": 2, "seed": 5}
+    assert config_differences(saved, now, ("optimizer", "batch_size")) == [
+        "optimizer.fused (unset) -> True",
+        "optimizer.lr 0.001 -> 0.002",
+    ]

@@ -236,7 +236,8 @@ def test_save_every_n_steps_adds_step_checkpoints(runs):
     # Step 3 falls inside epoch 2 (2 steps per epoch); step 6 ends epoch 3 and is saved as epoch_2.
     assert sorted(p.name for p in out.glob("step_*")) == ["step_3"]
     assert sorted(p.name for p in out.glob("epoch_*")) == ["epoch_0", "epoch_1", "epoch_2"]
-    assert [p.parent.name for p in out.glob("*/recipe_state.pt")] == ["epoch_2"]
+    # keep_recipe_states=2: only the two newest checkpoints keep the (large) optimizer state.
+    assert sorted(p.parent.name for p in out.glob("*/recipe_state.pt")) == ["epoch_1", "epoch_2"]
     assert (out / "step_3" / "model-00001-of-00001.safetensors").is_file()
 
 
@@ -247,8 +248,8 @@ def test_checkpoint_has_no_fast_weights_and_loads_in_transformers(runs):
     assert (out / "LATEST").read_text() == "epoch_2"
     assert sorted(p.name for p in out.glob("epoch_*")) == ["epoch_0", "epoch_1", "epoch_2"]
     ckpt = out / "epoch_2"
-    # Only the latest checkpoint keeps the (large) optimizer state needed to resume.
-    assert (ckpt / "recipe_state.pt").is_file() and not (out / "epoch_1" / "recipe_state.pt").exists()
+    # Only the newest checkpoints (keep_recipe_states=2) keep the (large) optimizer state needed to resume.
+    assert (ckpt / "recipe_state.pt").is_file() and not (out / "epoch_0" / "recipe_state.pt").exists()
     index = json.loads((ckpt / "model.safetensors.index.json").read_text())
     assert not any("fast" in key or "lora" in key for key in index["weight_map"])
     hf_model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()

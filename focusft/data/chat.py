@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -19,9 +19,9 @@ from torchtune.data import Message
 from torchtune.models.qwen2_5._tokenizer import Qwen2_5Tokenizer
 from torchtune.utils import get_logger, log_rank_zero
 
-from focusft.data.messages import ConversationError, openai_to_messages, sharegpt_to_messages
+from focusft.data.messages import CHAT_CONTROL_TOKENS, ConversationError, openai_to_messages, sharegpt_to_messages
 from focusft.data.packing import pack_samples
-from focusft.data.sources import BadRowError, Row, load_rows
+from focusft.data.sources import BadRowError, DataError, Row, load_rows
 from focusft.data.tokenize import tokenize_conversation
 from focusft.data.truncation import LongSamplePolicy, check_long_sample_policy, fit_to_length
 
@@ -29,7 +29,7 @@ log = get_logger("INFO")
 
 ConversationFormat = Literal["openai", "sharegpt"]
 OnBadRow = Literal["error", "skip"]
-CONVERSATION_FORMATS: dict[str, Callable[[Mapping[str, Any]], list[Message]]] = {
+CONVERSATION_FORMATS: dict[str, Callable[..., list[Message]]] = {
     "openai": openai_to_messages,
     "sharegpt": sharegpt_to_messages,
 }
@@ -121,10 +121,15 @@ def chat_dataset(
         load_dataset_kwargs: passed to ``datasets.load_dataset`` for hub sources.
     """
     if conversation_format not in CONVERSATION_FORMATS:
-        raise ValueError(
+        raise DataError(
             f"Unknown conversation_format {conversation_format!r}; expected one of {tuple(CONVERSATION_FORMATS)}."
         )
     _check_options(max_seq_len, long_sample_policy, on_bad_row)
+    if source in ("json", "parquet") and load_dataset_kwargs:
+        raise DataError(
+            f"Unknown chat_dataset argument(s) {sorted(load_dataset_kwargs)}: extra arguments go to "
+            f"datasets.load_dataset, which source={source!r} does not use."
+        )
     rows = load_rows(source, data_files, split, **load_dataset_kwargs)
     return build_dataset(
         rows,
@@ -185,7 +190,7 @@ def build_dataset(
     rows: list[Row],
     tokenizer: Qwen2_5Tokenizer,
     *,
-    to_messages: Callable[[Mapping[str, Any]], list[Message]],
+    to_messages: Callable[..., list[Message]],
     name: str,
     max_seq_len: int,
     long_sample_policy: LongSamplePolicy,
@@ -193,14 +198,19 @@ def build_dataset(
     on_bad_row: OnBadRow,
     packed: bool,
 ) -> ChatDataset:
-    """Validate every row first (cheap), then tokenize, fit to length and optionally pack."""
+    """Validate every row first (cheap), then tokenize, fit to length and optionally pack.
+
+    No text may hold a special token of ``tokenizer`` (``<|im_end|>``, ``<tool_call>``, ...):
+    the tokenizer would encode it as that token.
+    """
     stats = DataStats(rows=len(rows))
+    forbidden = tuple(dict.fromkeys([*CHAT_CONTROL_TOKENS, *getattr(tokenizer, "special_tokens", {})]))
     conversations = []
     for where, row in rows:
         try:
             if isinstance(row, BadRowError):
                 raise row
-            conversations.append(to_messages(row))
+            conversations.append(to_messages(row, forbidden_tokens=forbidden))
         except (ConversationError, BadRowError) as err:
             if on_bad_row == "error":
                 raise BadRowError(f"Bad row in {where}: {err}. (on_bad_row=skip skips and counts such rows.)") from None
@@ -230,7 +240,10 @@ def build_dataset(
 
 def _check_options(max_seq_len: int, long_sample_policy: str, on_bad_row: str) -> None:
     if not isinstance(max_seq_len, int) or max_seq_len <= 0:
-        raise ValueError(f"max_seq_len must be a positive integer, got {max_seq_len!r}.")
-    check_long_sample_policy(long_sample_policy)
+        raise DataError(f"max_seq_len must be a positive integer, got {max_seq_len!r}.")
+    try:
+        check_long_sample_policy(long_sample_policy)
+    except ValueError as error:
+        raise DataError(str(error)) from None
     if on_bad_row not in ON_BAD_ROW:
-        raise ValueError(f"Unknown on_bad_row {on_bad_row!r}; expected one of {ON_BAD_ROW}.")
+        raise DataError(f"Unknown on_bad_row {on_bad_row!r}; expected one of {ON_BAD_ROW}.")

@@ -7,8 +7,11 @@ one function, so the rules below hold for every source:
   calls tools may have no content);
 - a tool turn follows an assistant turn with ``tool_calls`` (or another tool turn);
 - the conversation ends with an assistant turn;
-- no content holds ``<|im_start|>`` or ``<|im_end|>``: they would forge a turn boundary,
-  and the per-token roles are read from those boundaries.
+- no text (message content, tool-call names and arguments, the tools schema) holds a
+  chat-control token such as ``<|im_start|>``, ``<|im_end|>`` or ``<|endoftext|>`` (the
+  dataset builders pass every special token of the tokenizer): the tokenizer would turn
+  it into the real token, forging a turn boundary or an end of text inside a target;
+- all text is valid Unicode (no lone surrogates such as ``\ud800`` from JSON escapes).
 
 The conversion reproduces Qwen2.5's own chat template token for token under torchtune's
 ``Qwen2_5Tokenizer.tokenize_messages``: tool outputs become ``ipython`` messages (wrapped
@@ -20,7 +23,7 @@ prompt exactly as Qwen2.5's template does.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from torchtune.data import Message
@@ -37,7 +40,8 @@ SHAREGPT_ROLES: dict[str, str] = {
     "observation": "tool",
     "tool": "tool",
 }
-FORBIDDEN_IN_CONTENT: tuple[str, ...] = ("<|im_start|>", "<|im_end|>")
+# Rejected in any text even without a tokenizer at hand; builders add the tokenizer's special tokens.
+CHAT_CONTROL_TOKENS: tuple[str, ...] = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 
 # Qwen2.5's chat template, verbatim: its default system prompt when tools are given
 # without a system message, and the tool block it appends to the system prompt.
@@ -59,13 +63,17 @@ class ConversationError(ValueError):
     """A row that is not a valid conversation; the message says what is wrong."""
 
 
-def openai_to_messages(row: Mapping[str, Any]) -> list[Message]:
+def openai_to_messages(
+    row: Mapping[str, Any], forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS
+) -> list[Message]:
     """A row with ``messages`` (OpenAI chat format) and optional ``tools``."""
     turns = _field(row, "messages")
-    return to_torchtune_messages(turns, _tools(row))
+    return to_torchtune_messages(turns, _tools(row), forbidden_tokens)
 
 
-def sharegpt_to_messages(row: Mapping[str, Any]) -> list[Message]:
+def sharegpt_to_messages(
+    row: Mapping[str, Any], forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS
+) -> list[Message]:
     """A row with ``conversations`` of ``{"from", "value"}`` turns and optional ``tools``.
 
     ``function_call`` turns hold one call (or a list of calls) as JSON ``{"name", "arguments"}``;
@@ -90,10 +98,25 @@ def sharegpt_to_messages(row: Mapping[str, Any]) -> list[Message]:
         turns.append(
             {"role": "assistant", "content": None, "tool_calls": calls if isinstance(calls, list) else [calls]}
         )
-    return to_torchtune_messages(turns, _tools(row))
+    return to_torchtune_messages(turns, _tools(row), forbidden_tokens)
 
 
-def to_torchtune_messages(turns: Sequence[Any], tools: list[Any] | None = None) -> list[Message]:
+def check_text(text: str, where: str, forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS) -> None:
+    """Raise if ``text`` holds a forbidden (special) token or is not valid Unicode."""
+    for token in forbidden_tokens:
+        if token in text:
+            raise ConversationError(f"{where} contains the special token {token}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ConversationError(
+            f"{where} holds a lone surrogate {text[err.start]!r} at character {err.start}, which is not valid Unicode"
+        ) from None
+
+
+def to_torchtune_messages(
+    turns: Sequence[Any], tools: list[Any] | None = None, forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS
+) -> list[Message]:
     """Validate OpenAI-style turns and convert them; only assistant messages are unmasked."""
     if not turns:
         raise ConversationError("conversation is empty")
@@ -110,20 +133,20 @@ def to_torchtune_messages(turns: Sequence[Any], tools: list[Any] | None = None) 
             content = ""
         if not isinstance(content, str):
             raise ConversationError(f"message {index} ({role}) has non-string content {_short(content)}")
-        for token in FORBIDDEN_IN_CONTENT:
-            if token in content:
-                raise ConversationError(f"message {index} ({role}) contains the chat-template token {token}")
+        check_text(content, f"message {index} ({role})", forbidden_tokens)
         if role == "tool" and not _follows_tool_call(turns, index):
             raise ConversationError(f"message {index} (tool) does not follow an assistant message with tool_calls")
-        messages.append(_message(role, content, calls, index))
+        messages.append(_message(role, content, calls, index, forbidden_tokens))
     if messages[-1].role != "assistant":
         raise ConversationError(f"conversation ends with a {turns[-1]['role']} message, not an assistant message")
     if tools:
+        for number, tool in enumerate(tools):
+            check_text(json.dumps(tool, ensure_ascii=False), f"tools schema {number}", forbidden_tokens)
         messages = _with_tools_in_system_prompt(messages, tools)
     return messages
 
 
-def _message(role: str, content: str, calls: Any, index: int) -> Message:
+def _message(role: str, content: str, calls: Any, index: int, forbidden_tokens: Collection[str]) -> Message:
     if role == "tool":
         return Message(role="ipython", content=content, masked=True, eot=False)
     if role != "assistant":
@@ -132,7 +155,7 @@ def _message(role: str, content: str, calls: Any, index: int) -> Message:
         return Message(role="assistant", content=content, masked=False)
     if not isinstance(calls, list):
         raise ConversationError(f"message {index} (assistant) has tool_calls that is not a list: {_short(calls)}")
-    rendered = [_render_call(call, f"message {index} tool call {n}") for n, call in enumerate(calls)]
+    rendered = [_render_call(call, f"message {index} tool call {n}", forbidden_tokens) for n, call in enumerate(calls)]
     if not content:
         # torchtune's ipython header/footer put <tool_call> ... </tool_call> around the content.
         return Message(role="assistant", content=_CALL_SEPARATOR.join(rendered), masked=False, ipython=True, eot=False)
@@ -141,7 +164,7 @@ def _message(role: str, content: str, calls: Any, index: int) -> Message:
     return Message(role="assistant", content=content + calls_text, masked=False, eot=False)
 
 
-def _render_call(call: Any, where: str) -> str:
+def _render_call(call: Any, where: str, forbidden_tokens: Collection[str]) -> str:
     """``{"name": ..., "arguments": {...}}`` as Qwen2.5's template writes it (arguments as JSON, not a string)."""
     function = call.get("function") if isinstance(call, Mapping) and call.get("function") is not None else call
     if not isinstance(function, Mapping) or not isinstance(function.get("name"), str) or not function["name"]:
@@ -151,7 +174,10 @@ def _render_call(call: Any, where: str) -> str:
         arguments = _json(arguments, f"{where} arguments")
     if not isinstance(arguments, Mapping):
         raise ConversationError(f"{where} arguments are not a JSON object: {_short(arguments)}")
-    return json.dumps({"name": function["name"], "arguments": arguments}, ensure_ascii=False)
+    check_text(function["name"], f"{where} name", forbidden_tokens)
+    rendered = json.dumps({"name": function["name"], "arguments": arguments}, ensure_ascii=False)
+    check_text(rendered, f"{where} arguments", forbidden_tokens)
+    return rendered
 
 
 def _follows_tool_call(turns: Sequence[Mapping[str, Any]], index: int) -> bool:

@@ -15,7 +15,11 @@ from typing import Any
 Row = tuple[str, Any]  # (where, row); the row is a BadRowError when it could not even be read
 
 
-class BadRowError(ValueError):
+class DataError(ValueError):
+    """Data or data settings that cannot be used; the message is written for the user."""
+
+
+class BadRowError(DataError):
     """A row that cannot be used; the message names the file and row and says why."""
 
 
@@ -34,24 +38,30 @@ def load_rows(source: str, data_files: str | list[str] | None = None, split: str
 
 
 def _json_rows(path: Path) -> Iterator[Row]:
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
+    """JSON Lines are decoded line by line, so a line that is not UTF-8 is one bad row."""
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+    if data.lstrip().startswith(b"["):
         try:
-            rows = json.loads(text)
+            rows = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise BadRowError(f"{path}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start})") from None
         except json.JSONDecodeError as err:
             raise BadRowError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from None
         for index, row in enumerate(rows):
             yield f"{path} row {index}", row
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only \n (and \r\n) end a line: JSON text may hold U+2028 and other characters str.splitlines splits on.
+    for number, line in enumerate(data.split(b"\n"), start=1):
         if line.strip():
             yield f"{path} line {number}", _parse_line(line)
 
 
-def _parse_line(line: str) -> Any:
+def _parse_line(line: bytes) -> Any:
     """A broken line is one bad row (a :class:`BadRowError` in place of the row), not a broken file."""
     try:
-        return json.loads(line)
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return BadRowError(f"not UTF-8 text (byte {line[err.start]:#04x} at byte {err.start + 1} of the line)")
     except json.JSONDecodeError as err:
         return BadRowError(f"not valid JSON ({err.msg} at column {err.colno})")
 

@@ -211,6 +211,12 @@ def load_model(
             output_dir=scratch,
         )
         state = checkpointer.load_checkpoint()[training.MODEL_KEY]
+    for name, tensor in state.items():  # a diverged run's weights would score 0 without a word
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"Weights in {checkpoint.path} are not finite: tensor {name} holds NaN or inf values "
+                "(the run that wrote them diverged)."
+            )
     state = {name: tensor.to(device=device, dtype=dtype) for name, tensor in state.items()}
     with torch.device("meta"):
         model = checkpoint.build_model(max_seq_len)

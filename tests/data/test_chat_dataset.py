@@ -51,7 +51,7 @@ BAD_ROWS = {
     ),
     "forged turn": (
         {"messages": [{"role": "user", "content": "a<|im_end|>b"}, GOOD["messages"][1]]},
-        r"message 0 \(user\) contains the chat-template token <\|im_end\|>",
+        r"message 0 \(user\) contains the special token <\|im_end\|>",
     ),
     "tool call without name": (
         {"messages": [GOOD["messages"][0], {"role": "assistant", "tool_calls": [{"function": {"arguments": {}}}]}]},
@@ -62,6 +62,50 @@ BAD_ROWS = {
         r"message 1 tool call 0 arguments is not valid JSON",
     ),
     "bad tools column": ({**GOOD, "tools": {"name": "f"}}, r"'tools' is not a list"),
+    # Special tokens of the tokenizer anywhere in the text would be encoded as those tokens.
+    "im_end in a tool-call name": (
+        {
+            "messages": [
+                GOOD["messages"][0],
+                {**CALL, "tool_calls": [{"function": {"name": "f<|im_end|>", "arguments": {}}}]},
+            ]
+        },
+        r"message 1 tool call 0 name contains the special token <\|im_end\|>",
+    ),
+    "im_start in tool-call arguments": (
+        {
+            "messages": [
+                GOOD["messages"][0],
+                {**CALL, "tool_calls": [{"function": {"name": "f", "arguments": '{"q": "<|im_start|>user"}'}}]},
+            ]
+        },
+        r"message 1 tool call 0 arguments contains the special token <\|im_start\|>",
+    ),
+    "endoftext in the tools schema": (
+        {**GOOD, "tools": [{"type": "function", "function": {"name": "f", "description": "x<|endoftext|>"}}]},
+        r"tools schema 0 contains the special token <\|endoftext\|>",
+    ),
+    "im_end in assistant text": (
+        {"messages": [GOOD["messages"][0], {"role": "assistant", "content": "kitchen<|im_end|>"}]},
+        r"message 1 \(assistant\) contains the special token <\|im_end\|>",
+    ),
+    "tokenizer special token in user text": (
+        {"messages": [{"role": "user", "content": "a <tool_call> b"}, GOOD["messages"][1]]},
+        r"message 0 \(user\) contains the special token <tool_call>",
+    ),
+    "lone surrogate in content": (
+        {"messages": [{"role": "user", "content": "ab\ud800"}, GOOD["messages"][1]]},
+        r"message 0 \(user\) holds a lone surrogate '\\ud800' at character 2",
+    ),
+    "lone surrogate in tool-call arguments": (
+        {
+            "messages": [
+                GOOD["messages"][0],
+                {**CALL, "tool_calls": [{"function": {"name": "f", "arguments": {"q": "\udc80"}}}]},
+            ]
+        },
+        r"message 1 tool call 0 arguments holds a lone surrogate",
+    ),
 }
 
 
@@ -195,3 +239,22 @@ def test_config_instantiates_the_builders(tmp_path, tokenizer):
     assert len(chat[0]["tokens"]) == 70 and chat[0]["doc"] == [0] * 22 + [1] * 22 + [2] * 22 + [3] * 4
     synthetic = config.instantiate(cfg.synthetic, tokenizer)
     assert len(synthetic) == 4 and all(345 <= length <= 384 for length in synthetic.lengths)
+
+
+def test_sharegpt_function_call_with_a_control_token_is_a_bad_row(tmp_path, tokenizer):
+    call = json.dumps({"name": "search", "arguments": {"q": "x<|im_end|>"}})
+    row = {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": call}]}
+    path = write_jsonl(tmp_path / "s.jsonl", [row])
+    with pytest.raises(BadRowError, match=r"line 1: message 1 tool call 0 arguments contains the special token"):
+        chat_dataset(tokenizer, source="json", data_files=str(path), max_seq_len=256, conversation_format="sharegpt")
+
+
+def test_a_line_that_is_not_utf8_is_one_bad_row(tmp_path, tokenizer):
+    path = tmp_path / "latin1.jsonl"
+    good = json.dumps(GOOD).encode()
+    bad = json.dumps({"messages": [{"role": "user", "content": "caf\u00e9"}, GOOD["messages"][1]]})
+    path.write_bytes(b"\n".join([good, bad.replace("\\u00e9", "\u00e9").encode("latin-1"), good]) + b"\n")
+    with pytest.raises(BadRowError, match=rf"Bad row in {path} line 2: not UTF-8 text \(byte 0xe9 at byte \d+ of"):
+        chat_dataset(tokenizer, source="json", data_files=str(path), max_seq_len=256)
+    dataset = chat_dataset(tokenizer, source="json", data_files=str(path), max_seq_len=256, on_bad_row="skip")
+    assert len(dataset) == 2 and dataset.stats.bad_rows[0].startswith(f"{path} line 2: not UTF-8 text")

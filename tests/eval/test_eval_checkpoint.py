@@ -157,3 +157,12 @@ def test_bad_model_arguments(tiny_dir):
         FocusftLM(checkpoint_dir=str(tiny_dir), device="cpu", batch_size="auto")
     with pytest.raises(ValueError, match="Unsupported dtype"):
         FocusftLM(checkpoint_dir=str(tiny_dir), device="cpu", dtype="int8")
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tiny_dir, tmp_path):
+    ckpt = _copy(tiny_dir, tmp_path)
+    state = load_file(ckpt / "model.safetensors")
+    state["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    save_file(state, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"not finite: tensor layers\.1\.mlp\.w3\.weight holds NaN"):
+        FocusftLM(checkpoint_dir=str(ckpt), device="cpu")
