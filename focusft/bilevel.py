@@ -1,6 +1,6 @@
 """One FocuSFT micro-batch: K first-order inner steps on fast weights, then the outer loss.
 
-DESIGN.md section 1, steps 3-5. The caller builds the mask once (inner and outer
+docs/DESIGN.md section 1, steps 3-5. The caller builds the mask once (inner and outer
 use the same one), calls :func:`bilevel_step`, scales and backpropagates
 ``result.loss``; the fast weights are dropped when the result goes out of scope.
 """

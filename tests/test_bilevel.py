@@ -33,7 +33,7 @@ class ReferenceLoRALinear(nn.Module):
 
 
 def reference_bilevel(model, fast, fast_cfg, inner, tokens, labels, mask, pos):
-    """DESIGN.md section 1 written out directly on the plain decoder's full forward."""
+    """docs/DESIGN.md section 1 written out directly on the plain decoder's full forward."""
     model = copy.deepcopy(model)
     lora = []
     for layer_index, weights in fast.items():
