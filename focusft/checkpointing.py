@@ -12,21 +12,27 @@ removed from the previous one only after the new one is in place.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from torchtune import config, training
+from torchtune.utils import get_logger
 
 from focusft.config import ConfigError, checkpoint_files
+from focusft.hf_files import MissingTokenizerError, make_readable, set_chat_eos, special_token_ids
 
 LATEST = "LATEST"
 WEIGHT_INDEX = "model.safetensors.index.json"  # written by FullModelHFCheckpointer next to the shards
 RECIPE_STATE = "recipe_state.pt"
 STAGING = ".staging"
+torchtune_logger = get_logger()  # the one logger all of torchtune (and the recipe) logs to
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -67,6 +73,10 @@ class CheckpointManager:
             }
         else:
             checkpoint_files(cfg_checkpointer)  # validates the file list
+        try:
+            special_token_ids(Path(overrides.get("checkpoint_dir", cfg_checkpointer.checkpoint_dir)))
+        except MissingTokenizerError as err:
+            raise ConfigError(str(err)) from None
         self.checkpointer = config.instantiate(cfg_checkpointer, **overrides)
 
     def load_model_state(self) -> dict[str, torch.Tensor]:
@@ -82,9 +92,12 @@ class CheckpointManager:
         """Write checkpoint ``output_dir/name`` (HF weights, config, tokenizer files, recipe state)."""
         staging = self.output_dir / STAGING
         shutil.rmtree(staging, ignore_errors=True)  # leftovers of a crash during an earlier save
-        self.checkpointer.save_checkpoint({training.MODEL_KEY: model_state}, epoch=0)
+        with _quiet(torchtune_logger):  # its lines name the staging folder; the recipe logs the final path
+            self.checkpointer.save_checkpoint({training.MODEL_KEY: model_state}, epoch=0)
         staged = staging / "epoch_0"
+        set_chat_eos(staged)
         torch.save(recipe_state, staged / RECIPE_STATE)
+        make_readable(staged)
 
         final = self.output_dir / name
         if final.exists():  # a resumed run saving the same step again: keep the old one until replaced
@@ -103,3 +116,17 @@ class CheckpointManager:
             (previous / RECIPE_STATE).unlink()
         shutil.rmtree(staging, ignore_errors=True)
         return final
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """Drop ``logger``'s records below WARNING for the duration (a filter: the recipe shares the logger)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
