@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.distributed import all_gather_object, all_reduce, barrier, destroy_process_group, init_process_group
 from torch.distributed.tensor import DTensor
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -86,6 +86,12 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         self.steps_in_epoch = 0  # optimizer steps already taken in the current epoch (on resume)
 
     def setup(self, cfg: DictConfig) -> None:
+        if self.is_rank_zero:
+            log.info(f"FocuSFT recipe, resolved config:\n\n{OmegaConf.to_yaml(cfg, resolve=True)}")
+            log.info(
+                f"Checkpoints go to {self.output_dir}/epoch_N (and step_N; LATEST names the newest); metrics "
+                f"through {cfg.metric_logger._component_.rsplit('.', 1)[-1]} to {_metrics_destination(cfg)}."
+            )
         self.checkpoints = CheckpointManager(
             cfg.checkpointer, self.output_dir, cfg.get("resume_from_checkpoint", False)
         )
@@ -335,6 +341,11 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         if self.is_rank_zero:
             self.metric_logger.close()
         destroy_process_group()
+
+
+def _metrics_destination(cfg: DictConfig) -> str:
+    """Where the configured metric logger writes (its ``log_dir``, or wherever the logger itself sends them)."""
+    return str(cfg.metric_logger.get("log_dir") or "the logger's own destination")
 
 
 def exit_with_config_error(error: ConfigError) -> None:

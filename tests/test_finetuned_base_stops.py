@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
@@ -23,9 +24,10 @@ SYSTEM, QUESTION, ANSWER = "Answer briefly.", "Where is Mary?", "kitchen"
 PROMPT = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def test_finetuned_base_model_stops_at_im_end_in_transformers_and_lm_eval(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """A base-style tiny checkpoint fine-tuned by the recipe (plain SFT, 1 process): (checkpoint, console)."""
+    tmp_path = tmp_path_factory.mktemp("finetune")
     base = make_base_style(write_tiny_checkpoint(tmp_path / "base"))
     row = {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]}
     row["messages"].append({"role": "assistant", "content": ANSWER})
@@ -38,9 +40,14 @@ def test_finetuned_base_model_stops_at_im_end_in_transformers_and_lm_eval(tmp_pa
     OmegaConf.save(cfg, config)
     out = tmp_path / "run"
     overrides = ["epochs=1", "batch_size=4", "optimizer.lr=1e-2", "focusft.bilevel=false", "shuffle=false"]
-    tune_run(config, 1, [f"base_dir={base}", f"output_dir={out}", *overrides])
-    saved = out / "epoch_0"
+    proc = tune_run(config, 1, [f"base_dir={base}", f"output_dir={out}", *overrides])
+    return out / "epoch_0", proc.stdout + proc.stderr
 
+
+def test_finetuned_base_model_stops_at_im_end_in_transformers_and_lm_eval(finetuned):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    saved, _ = finetuned
     tokenizer = AutoTokenizer.from_pretrained(saved)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
@@ -54,3 +61,13 @@ def test_finetuned_base_model_stops_at_im_end_in_transformers_and_lm_eval(tmp_pa
     hf = HFLM(pretrained=str(saved), device="cpu", dtype="float32")
     for backend in (focusft, hf):
         assert backend.generate_until([request], disable_tqdm=True) == [ANSWER], type(backend).__name__
+
+
+def test_the_recipe_console_is_quiet_and_says_where_things_go(finetuned):
+    saved, console = finetuned
+    assert console.count("resolved config:") == 1
+    assert f"Checkpoints go to {saved.parent}/epoch_N" in console and f"to {saved.parent}/logs" in console
+    assert f"Saved checkpoint {saved}" in console
+    assert ".staging" not in console and "set_vital" not in console
+    # torchao's line may still come once from `tune` itself, which imports torchtune before any of our code.
+    assert console.count("Skipping import of cpp extensions") <= 1
