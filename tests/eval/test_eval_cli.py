@@ -139,3 +139,16 @@ def test_ruler_data_the_tokenizer_cannot_reach_is_one_clear_line(tiny_dir, tmp_p
     assert "smallest in-context example, over the 500 lm-eval allows" in done.stderr
     assert "ruler_cwe" not in done.stderr  # cwe fits at these lengths
     assert seconds < 60
+
+
+def test_suite_console_has_no_third_party_noise_outside_a_git_repository(tiny_dir, tmp_path):
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "focusft.eval.cli", "--suite", "offline", "--checkpoint_dir", str(tiny_dir)]
+    command += ["--lengths", "512", "--tasks", "qa1", "--num_samples", "1", "--device", "cpu", "--output_dir", "out"]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    for noise in ("fatal: not a git repository", "Skipping import of cpp extensions", "Custom kwargs can be passed"):
+        assert noise not in console
+    assert json.loads((tmp_path / "out" / "lm_eval" / "offline_512.json").read_text())["git_hash"] is None
