@@ -10,6 +10,9 @@ A collated batch is a dict of ``[b, s]`` tensors:
 - ``doc`` (long, optional): document id of each token in a packed row; padding has
   an id of its own. Default: one document per row.
 - ``valid`` (bool, optional): False on padding. Default: all True.
+- ``sample_index`` (long, optional, ``[b, max_docs]``): the dataset index of the
+  document with id ``j`` of row ``r`` at ``[r, j]``, -1 past a row's last document.
+  It seeds each document's fast weights, so bilevel training needs it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from focusft.documents import Documents, FastWeightScope
 from focusft.masks import TokenLayout, document_positions
 from focusft.split_decoder import IGNORE_INDEX
 
@@ -32,26 +36,35 @@ class MicroBatch:
     labels: torch.Tensor  # shifted: position t holds the target for token t+1
     layout: TokenLayout
     input_pos: torch.Tensor
+    documents: Documents
 
 
-def prepare_batch(batch: dict[str, torch.Tensor], device: torch.device | str) -> MicroBatch:
-    """Check a collated batch, move it to ``device`` and shift its labels.
+def prepare_batch(
+    batch: dict[str, torch.Tensor], device: torch.device | str, fast_weight_scope: FastWeightScope = "document"
+) -> MicroBatch:
+    """Check a collated batch, find its documents, move it to ``device`` and shift its labels.
 
     A position never predicts the first token of the next packed document.
     """
     missing = [key for key in REQUIRED_KEYS if key not in batch]
     if missing:
         raise KeyError(f"Batch is missing {missing}; a FocuSFT batch has {REQUIRED_KEYS} (+ optional doc, valid).")
-    tokens = batch["tokens"].to(device)
-    context = batch["context"].to(device=device, dtype=torch.bool)
-    doc = batch["doc"].to(device) if "doc" in batch else torch.zeros_like(tokens)
-    valid = batch["valid"].to(device=device, dtype=torch.bool) if "valid" in batch else torch.ones_like(context)
-    layout = TokenLayout(context=context, doc=doc, valid=valid)
-
-    labels = batch["labels"].to(device)
+    tokens, labels = batch["tokens"], batch["labels"]
     if labels.shape != tokens.shape:
         raise ValueError(f"labels shape {tuple(labels.shape)} differs from tokens shape {tuple(tokens.shape)}.")
+    context = batch["context"].bool()
+    doc = batch["doc"] if "doc" in batch else torch.zeros_like(tokens)
+    valid = batch["valid"].bool() if "valid" in batch else torch.ones_like(context)
+    layout = TokenLayout(context=context, doc=doc, valid=valid)
+    documents = Documents.from_layout(layout, batch.get("sample_index"), fast_weight_scope)
+
     shifted = torch.full_like(labels, IGNORE_INDEX)
     same_doc = doc[:, 1:] == doc[:, :-1]
     shifted[:, :-1] = torch.where(same_doc, labels[:, 1:], IGNORE_INDEX)
-    return MicroBatch(tokens=tokens, labels=shifted, layout=layout, input_pos=document_positions(doc))
+    return MicroBatch(
+        tokens=tokens.to(device),
+        labels=shifted.to(device),
+        layout=layout.to(device),
+        input_pos=document_positions(doc).to(device),
+        documents=documents.to(device),
+    )

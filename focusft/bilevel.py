@@ -1,8 +1,15 @@
-"""One FocuSFT micro-batch: K first-order inner steps on fast weights, then the outer loss.
+"""One FocuSFT micro-batch: K first-order inner steps on per-document fast weights, then the outer loss.
 
-docs/DESIGN.md section 1, steps 3-5. The caller builds the mask once (inner and outer
-use the same one), calls :func:`bilevel_step`, scales and backpropagates
-``result.loss``; the fast weights are dropped when the result goes out of scope.
+docs/DESIGN.md section 1, steps 3-5, applied to each document on its own. The caller
+builds the mask once (inner and outer use the same one), calls :func:`bilevel_step`,
+scales and backpropagates ``result.loss``; the fast weights are dropped when the
+result goes out of scope.
+
+All documents of a micro-batch run their inner steps in the same passes: the fast
+weights are stacked ``[D, ...]``, each token uses its own document's slice, and the
+inner objective is the sum of the documents' mean losses. Documents never attend to
+each other, so the gradient of that sum with respect to ``φ^(d)`` is exactly the
+gradient of document ``d``'s own mean loss.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
+from focusft.documents import Documents
 from focusft.fast_weights import FastWeights, FastWeightSlots
 from focusft.masks import AttentionMask
-from focusft.split_decoder import SplitDecoder
+from focusft.split_decoder import IGNORE_INDEX, SplitDecoder
 
 CLIP_EPS = 1e-12
 
@@ -44,24 +52,35 @@ class BilevelResult:
     Attributes:
         loss: outer cross-entropy summed over response tokens; the graph reaches θ only.
         num_tokens: response tokens in the micro-batch.
-        inner_losses: ``[K+1]`` mean response loss under φ_0 … φ_K; entries k and k+1
-            are the inner loss before and after step k (the last equals the outer mean).
-        skipped_updates: inner updates skipped for a non-finite loss or gradient.
-        fast_weight_delta_norm: ‖φ_K − φ_0‖ over all fast-weight tensors.
+        inner_losses: ``[K+1]`` mean response loss under φ_0 … φ_K, averaged over
+            documents weighted by their response tokens; entries k and k+1 are the inner
+            loss before and after step k (the last equals the outer mean).
+        document_losses: ``[K+1, D]`` each document's mean response loss under φ_0 … φ_K.
+        document_tokens: ``[D]`` response tokens of each document.
+        skipped_updates: document updates skipped for a non-finite loss, gradient or result.
+        delta_norms: ``[D]`` ‖φ_K − φ_0‖ of each document over all its fast-weight tensors.
+        fast_weights: φ_K, stacked ``[D, ...]`` (empty when bilevel is off).
     """
 
     loss: torch.Tensor
     num_tokens: torch.Tensor
     inner_losses: torch.Tensor
+    document_losses: torch.Tensor
+    document_tokens: torch.Tensor
     skipped_updates: torch.Tensor
-    fast_weight_delta_norm: torch.Tensor
+    delta_norms: torch.Tensor
+    fast_weights: dict[int, FastWeights]
 
 
 def clip_per_tensor(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """``g · c / (‖g‖ + 1e-12)`` when ``‖g‖ > c``, else ``g``."""
-    norm = torch.linalg.vector_norm(grad)
+    """Per document (dim 0): ``g · c / (‖g‖ + 1e-12)`` when ``‖g‖ > c``, else ``g``."""
+    norm = torch.linalg.vector_norm(grad.flatten(1), dim=1)
     factor = torch.where(norm > max_norm, max_norm / (norm + CLIP_EPS), torch.ones_like(norm))
-    return grad * factor
+    return grad * factor.view(-1, *([1] * (grad.dim() - 1)))
+
+
+def _finite_per_document(t: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(t).flatten(1).all(dim=1)
 
 
 def fast_weight_leaves(fast: dict[int, FastWeights]) -> tuple[dict[int, FastWeights], list[torch.Tensor]]:
@@ -71,18 +90,21 @@ def fast_weight_leaves(fast: dict[int, FastWeights]) -> tuple[dict[int, FastWeig
 
 
 def inner_sgd_update(
-    leaves: dict[int, FastWeights], grads: Sequence[torch.Tensor], loss: torch.Tensor, inner: InnerLoopConfig
+    leaves: dict[int, FastWeights], grads: Sequence[torch.Tensor], losses: torch.Tensor, inner: InnerLoopConfig
 ) -> tuple[dict[int, FastWeights], torch.Tensor]:
-    """``φ ← φ − lr · clip(g)`` per tensor, or φ unchanged if the loss or a gradient is non-finite.
+    """``φ^(d) ← φ^(d) − lr · clip(g^(d))`` per tensor and document, on stacked ``[D, ...]`` fast weights.
 
-    Returns the new fast weights and whether the update was applied, without a host sync.
+    A document keeps its φ when its loss (``losses [D]``), one of its gradients or one of
+    its updated tensors is non-finite. Returns the new fast weights and ``[D]`` whether
+    each document's update was applied, without a host sync.
     """
-    finite = torch.isfinite(loss) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
     flat = [t.detach() for ws in leaves.values() for t in ws.values()]
-    updated = iter(
-        torch.where(finite, t - inner.lr * clip_per_tensor(g, inner.grad_clip), t) for t, g in zip(flat, grads)
-    )
-    return {layer: {name: next(updated) for name in ws} for layer, ws in leaves.items()}, finite
+    updated = [t - inner.lr * clip_per_tensor(g, inner.grad_clip) for t, g in zip(flat, grads)]
+    applied = torch.isfinite(losses)
+    for tensor in (*grads, *updated):
+        applied = applied & _finite_per_document(tensor)
+    keep = iter(torch.where(applied.view(-1, *([1] * (t.dim() - 1))), u, t) for t, u in zip(flat, updated))
+    return {layer: {name: next(keep) for name in ws} for layer, ws in leaves.items()}, applied
 
 
 def bilevel_step(
@@ -94,56 +116,84 @@ def bilevel_step(
     mask: AttentionMask,
     input_pos: torch.Tensor,
     inner: InnerLoopConfig | None,
+    documents: Documents | None = None,
     initial_fast_weights: dict[int, FastWeights] | None = None,
-    generator: torch.Generator | None = None,
 ) -> BilevelResult:
     """Run one micro-batch; ``inner=None`` (bilevel off) or ``steps=0`` is plain SFT.
 
     ``labels`` are already shifted (position t holds the token t+1, or the ignore
-    index where t+1 is not a response token). Fast weights start from
-    ``initial_fast_weights`` or, if absent, are drawn from ``generator``.
+    index where t+1 is not a response token). ``documents`` defaults to one document
+    spanning the micro-batch. ``initial_fast_weights`` are each document's φ_0,
+    stacked ``[D, ...]`` (:meth:`FastWeightSlots.init`).
 
     Every rank runs the same passes whatever its data (no early exit on an empty or
     non-finite micro-batch): FSDP all-gathers inside each layer need every rank to
-    take part. A micro-batch without response tokens has zero loss and gradient, so
-    its fast weights stay at φ_0.
+    take part. A document without response tokens has zero loss and gradient, so it
+    keeps its φ_0 and contributes nothing.
     """
+    if documents is None:
+        documents = Documents(1, 1, torch.zeros_like(tokens), None, "shared")
+    response_document = documents.token_document[labels != IGNORE_INDEX]
+    document_tokens = torch.bincount(response_document, minlength=documents.count)
     trunk = model("trunk", tokens, mask=mask, input_pos=input_pos)
     head = dict(mask=mask, input_pos=input_pos, labels=labels)
 
+    def document_means(token_losses: torch.Tensor) -> torch.Tensor:
+        sums = token_losses.new_zeros(documents.count).index_add_(0, response_document, token_losses)
+        return sums / document_tokens.clamp(min=1)
+
     if inner is None or inner.steps == 0:
-        loss, num_tokens = model("head", trunk, **head)
-        zero = torch.zeros((), device=loss.device)
-        return BilevelResult(loss, num_tokens, (loss.detach() / num_tokens.clamp(min=1)).reshape(1), zero, zero)
+        token_losses = model("head", trunk, **head)
+        means = document_means(token_losses.detach())
+        skipped = torch.zeros((), dtype=torch.long, device=tokens.device)
+        return _result(token_losses, [means], document_tokens, skipped, torch.zeros_like(means), {})
 
     if initial_fast_weights is None:
-        if generator is None:
-            raise ValueError("bilevel_step needs initial_fast_weights or a generator to draw them from.")
-        initial_fast_weights = slots.init(generator, device=tokens.device)
+        raise ValueError("bilevel_step needs initial_fast_weights (FastWeightSlots.init) when the inner loop runs.")
     initial = {layer: {name: t.detach() for name, t in ws.items()} for layer, ws in initial_fast_weights.items()}
+    if (count := next(iter(next(iter(initial.values())).values())).shape[0]) != documents.count:
+        raise ValueError(f"initial_fast_weights hold {count} document(s); the micro-batch has {documents.count}.")
 
     fast = initial
     inner_input = trunk.detach()
-    inner_losses = []
+    losses = []
     skipped = torch.zeros((), dtype=torch.long, device=tokens.device)
     for _ in range(inner.steps):
         leaves, flat = fast_weight_leaves(fast)
-        loss_sum, num_tokens = model("head", inner_input, fast_weights=leaves, **head)
-        loss = loss_sum / num_tokens.clamp(min=1)
-        grads = torch.autograd.grad(loss, flat)
-        inner_losses.append(loss.detach())
-        fast, applied = inner_sgd_update(leaves, grads, loss, inner)
-        skipped += (~applied).long()
+        means = document_means(model("head", inner_input, fast_weights=documents.slot_values(leaves), **head))
+        grads = torch.autograd.grad(means.sum(), flat)
+        losses.append(means.detach())
+        fast, applied = inner_sgd_update(leaves, grads, means.detach(), inner)
+        skipped += (~applied).sum()
 
-    loss, num_tokens = model("head", trunk, fast_weights=fast, **head)
-    inner_losses.append(loss.detach() / num_tokens.clamp(min=1))
-    delta = torch.linalg.vector_norm(
-        torch.stack(
-            [
-                torch.linalg.vector_norm(fast[layer][name] - initial[layer][name])
-                for layer in fast
-                for name in fast[layer]
-            ]
-        )
+    token_losses = model("head", trunk, fast_weights=documents.slot_values(fast), **head)
+    losses.append(document_means(token_losses.detach()))
+    squares = sum(
+        torch.linalg.vector_norm((fast[layer][name] - initial[layer][name]).flatten(1), dim=1) ** 2
+        for layer in fast
+        for name in fast[layer]
     )
-    return BilevelResult(loss, num_tokens, torch.stack(inner_losses), skipped, delta)
+    return _result(token_losses, losses, document_tokens, skipped, squares.sqrt(), fast)
+
+
+def _result(
+    token_losses: torch.Tensor,
+    losses: list[torch.Tensor],
+    document_tokens: torch.Tensor,
+    skipped: torch.Tensor,
+    delta_norms: torch.Tensor,
+    fast: dict[int, FastWeights],
+) -> BilevelResult:
+    document_losses = torch.stack(losses)
+    weights = document_tokens.to(document_losses.dtype)
+    inner_losses = (document_losses * weights).sum(dim=1) / weights.sum().clamp(min=1)
+    return BilevelResult(
+        loss=token_losses.sum(),
+        num_tokens=document_tokens.sum(),
+        inner_losses=inner_losses,
+        document_losses=document_losses,
+        document_tokens=document_tokens,
+        skipped_updates=skipped,
+        delta_norms=delta_norms,
+        fast_weights=fast,
+    )

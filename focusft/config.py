@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from focusft.bilevel import InnerLoopConfig
+from focusft.documents import FAST_WEIGHT_SCOPES, FastWeightScope
 from focusft.fast_weights import FastWeightConfig
 from focusft.masks import MASK_MODES, MaskMode
 
@@ -29,7 +30,7 @@ MASK_KINDS = ("auto", "dense", "block")
 # Key of the focusft section -> (field of the config it feeds, name of that field).
 _INNER_KEYS = {"inner_steps": "steps", "inner_lr": "lr", "inner_grad_clip": "grad_clip"}
 _FAST_KEYS = {"rank": "rank", "alpha": "alpha", "layer_fraction": "layer_fraction", "target_modules": "target_modules"}
-FOCUSFT_KEYS = ("bilevel", "attention", "mask", *_INNER_KEYS, *_FAST_KEYS)
+FOCUSFT_KEYS = ("bilevel", "attention", "mask", "fast_weight_scope", *_INNER_KEYS, *_FAST_KEYS)
 
 VARIANTS = {
     (False, "causal"): "Standard SFT",
@@ -50,6 +51,7 @@ class FocusConfig:
     bilevel: bool = True
     attention: MaskMode = "bidir_context"
     mask: str = "auto"
+    fast_weight_scope: FastWeightScope = "document"
     inner: InnerLoopConfig = field(default_factory=InnerLoopConfig)
     fast_weights: FastWeightConfig = field(default_factory=FastWeightConfig)
 
@@ -70,9 +72,19 @@ class FocusConfig:
         mask = values.get("mask", "auto")
         if mask not in MASK_KINDS:
             raise ConfigError(f"focusft.mask must be one of {list(MASK_KINDS)}, got {mask!r}.")
+        scope = values.get("fast_weight_scope", "document")
+        if scope not in FAST_WEIGHT_SCOPES:
+            raise ConfigError(f"focusft.fast_weight_scope must be one of {list(FAST_WEIGHT_SCOPES)}, got {scope!r}.")
         inner = _build(InnerLoopConfig, values, _INNER_KEYS)
         fast_weights = _build(FastWeightConfig, values, _FAST_KEYS)
-        return cls(bilevel=bilevel, attention=attention, mask=mask, inner=inner, fast_weights=fast_weights)
+        return cls(
+            bilevel=bilevel,
+            attention=attention,
+            mask=mask,
+            fast_weight_scope=scope,
+            inner=inner,
+            fast_weights=fast_weights,
+        )
 
     @property
     def variant(self) -> str:

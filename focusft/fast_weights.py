@@ -1,15 +1,20 @@
-"""Fast weights: per-micro-batch LoRA pairs on the FFN projections of the top layers.
+"""Fast weights: per-document LoRA pairs on the FFN projections of the top layers.
 
 The pairs are not parameters. Each target projection becomes a
-:class:`FastLoRALinear` whose ``fast_a`` / ``fast_b`` are non-persistent buffers
-left at ``None``; :func:`torch.func.functional_call` fills them for one forward.
-So they never reach ``state_dict``, the optimizer, a checkpoint or FSDP, and a
-model without them filled is exactly the base model.
+:class:`FastLoRALinear` whose ``fast_*`` slots are non-persistent buffers left at
+``None``; :func:`torch.func.functional_call` fills them for one forward. So they
+never reach ``state_dict``, the optimizer, a checkpoint or FSDP, and a model
+without them filled is exactly the base model.
+
+A slot holds one pair for every token (``A [r, in]``), one pair per row
+(``A [b, r, in]``), or one pair per document with the chunk routing of
+:class:`focusft.documents.Documents` (``A [D, r, in]`` plus the chunk tensors).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +63,49 @@ class FastWeightConfig:
         return int(num_layers * (1 - self.layer_fraction))
 
 
+class ChunkedLowRank(torch.autograd.Function):
+    """``(x Aᵀ) Bᵀ`` with each token's own document's ``A [D, r, in]`` and ``B [D, out, r]``.
+
+    Tokens are gathered in padded chunks (``chunk_tokens [n, c]`` flat positions, padded
+    with ``N``; ``chunk_document [n]``) and multiplied with two bmms. Only ``x`` (which
+    the base projection keeps anyway), the fast weights and the small ``[n, c, r]``
+    product are saved: the gathered copies of ``x`` and of ``A``/``B`` are rebuilt in the
+    backward pass, so packing costs no activation memory.
+    """
+
+    @staticmethod
+    def forward(ctx, x, a, b, chunk_tokens, chunk_document):
+        flat = x.reshape(-1, x.shape[-1])
+        used = (chunk_tokens < flat.shape[0]).unsqueeze(-1)
+        gathered = flat[chunk_tokens.clamp(max=flat.shape[0] - 1)]
+        low = torch.bmm(gathered, a[chunk_document].mT) * used
+        out = torch.bmm(low, b[chunk_document].mT)
+        delta = out.new_zeros(flat.shape[0] + 1, out.shape[-1]).index_add_(0, chunk_tokens.flatten(), out.flatten(0, 1))
+        ctx.save_for_backward(x, a, b, chunk_tokens, chunk_document, low)
+        return delta[:-1].view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_delta):
+        x, a, b, chunk_tokens, chunk_document, low = ctx.saved_tensors
+        flat = x.reshape(-1, x.shape[-1])
+        positions = chunk_tokens.clamp(max=flat.shape[0] - 1)
+        used = (chunk_tokens < flat.shape[0]).unsqueeze(-1)
+        grad_out = grad_delta.reshape(-1, grad_delta.shape[-1])[positions] * used
+        a_chunks, b_chunks = a[chunk_document], b[chunk_document]
+        grad_low = torch.bmm(grad_out, b_chunks)
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_gathered = torch.bmm(grad_low, a_chunks)
+            grad_x = flat.new_zeros(flat.shape[0] + 1, flat.shape[1])
+            grad_x = grad_x.index_add_(0, chunk_tokens.flatten(), grad_gathered.flatten(0, 1))[:-1].view_as(x)
+        if ctx.needs_input_grad[1]:
+            grad_a_chunks = torch.bmm(grad_low.mT, flat[positions])
+            grad_a = torch.zeros_like(a).index_add_(0, chunk_document, grad_a_chunks)
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros_like(b).index_add_(0, chunk_document, torch.bmm(grad_out.mT, low))
+        return grad_x, grad_a, grad_b, None, None
+
+
 class FastLoRALinear(nn.Linear):
     """``nn.Linear`` plus an optional functional low-rank delta ``scale * (x Aᵀ) Bᵀ``.
 
@@ -69,8 +117,8 @@ class FastLoRALinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, *, bias: bool, scale: float, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.scale = scale
-        self.register_buffer("fast_a", None, persistent=False)
-        self.register_buffer("fast_b", None, persistent=False)
+        for slot in ("fast_a", "fast_b", "fast_chunk_tokens", "fast_chunk_document"):
+            self.register_buffer(slot, None, persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scale: float) -> FastLoRALinear:
@@ -84,7 +132,13 @@ class FastLoRALinear(nn.Linear):
         y = super().forward(x)
         if self.fast_a is None:
             return y
-        low_rank = F.linear(F.linear(x, self.fast_a.to(x.dtype)), self.fast_b.to(x.dtype))
+        a, b = self.fast_a.to(x.dtype), self.fast_b.to(x.dtype)
+        if a.dim() == 2:  # one pair for every token
+            low_rank = F.linear(F.linear(x, a), b)
+        elif self.fast_chunk_tokens is None:  # one pair per row
+            low_rank = (x @ a.mT) @ b.mT
+        else:  # one pair per document, tokens routed in chunks
+            low_rank = ChunkedLowRank.apply(x, a, b, self.fast_chunk_tokens, self.fast_chunk_document)
         return y + self.scale * low_rank
 
 
@@ -105,22 +159,26 @@ class FastWeightSlots:
     def layers(self) -> range:
         return range(self.first_layer, self.num_layers)
 
-    def names(self) -> list[tuple[int, str, str]]:
-        """``(layer, a_name, b_name)`` for every adapted projection, in a fixed order."""
-        return [(layer, f"mlp.{proj}.fast_a", f"mlp.{proj}.fast_b") for layer in self.layers for proj in self.shapes]
+    def init(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> dict[int, FastWeights]:
+        """Fresh fast weights for one document per seed, stacked ``[D, ...]``.
 
-    def init(self, generator: torch.Generator, device: torch.device | str = "cpu") -> dict[int, FastWeights]:
-        """Fresh fast weights: A ~ kaiming_uniform(a=√5) (the ``nn.Linear`` default), B = 0.
-
-        Drawn on the CPU from ``generator`` so a seed gives the same weights on any device.
+        A ~ kaiming_uniform(a=√5) (the ``nn.Linear`` default), B = 0. Each document's A
+        is drawn on ``device`` from a generator of its own seed, so a seed gives the same
+        weights on every device of a kind, whatever other documents share the micro-batch
+        (and drawing costs no host-to-device copy).
         """
+        device = torch.device(device)
+        generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
         weights: dict[int, FastWeights] = {layer: {} for layer in self.layers}
         for layer in self.layers:
             for proj, (in_features, out_features) in self.shapes.items():
-                a = torch.empty(self.config.rank, in_features)
-                nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
-                weights[layer][f"mlp.{proj}.fast_a"] = a.to(device)
-                weights[layer][f"mlp.{proj}.fast_b"] = torch.zeros(out_features, self.config.rank, device=device)
+                a = torch.empty(len(seeds), self.config.rank, in_features, device=device)
+                for document, generator in enumerate(generators):
+                    nn.init.kaiming_uniform_(a[document], a=math.sqrt(5), generator=generator)
+                weights[layer][f"mlp.{proj}.fast_a"] = a
+                weights[layer][f"mlp.{proj}.fast_b"] = torch.zeros(
+                    len(seeds), out_features, self.config.rank, device=device
+                )
         return weights
 
 

@@ -61,13 +61,13 @@ class SplitDecoder(nn.Module):
         input_pos: torch.Tensor,
         labels: torch.Tensor,
         fast_weights: dict[int, FastWeights] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adapted layers, then summed cross-entropy over response tokens and their count."""
+    ) -> torch.Tensor:
+        """Adapted layers, then the cross-entropy of each response token (:func:`response_token_losses`)."""
         h = hidden
         for index in range(self.split, len(self.decoder.layers)):
             fast = fast_weights[index] if fast_weights is not None else None
             h = self._run_layer(self.decoder.layers[index], h, mask, input_pos, fast)
-        return response_cross_entropy(self.decoder, h, labels)
+        return response_token_losses(self.decoder, h, labels)
 
     def _run_layer(
         self,
@@ -85,19 +85,15 @@ class SplitDecoder(nn.Module):
         return run(h)
 
 
-def response_cross_entropy(
-    decoder: TransformerDecoder, hidden: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of next-token cross-entropy over positions with a label, and how many there are.
+def response_token_losses(decoder: TransformerDecoder, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """fp32 next-token cross-entropy of each position with a label, in row-major order.
 
     Only those positions go through the final norm and the output projection: with a
     150K vocabulary, context positions' logits would be most of the head's cost.
     """
     selected = labels != IGNORE_INDEX
-    h = hidden[selected]
-    logits = decoder.output(decoder.norm(h)).float()
-    loss_sum = F.cross_entropy(logits, labels[selected], reduction="sum")
-    return loss_sum, selected.sum()
+    logits = decoder.output(decoder.norm(hidden[selected])).float()
+    return F.cross_entropy(logits, labels[selected], reduction="none")
 
 
 def shard_split_decoder(model: SplitDecoder, *, reshard_after_forward: bool = True, cpu_offload: bool = False) -> None:

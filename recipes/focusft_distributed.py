@@ -4,9 +4,10 @@
     tune run --nproc_per_node 2 recipes/focusft_distributed.py --config configs/tiny/focusft_cpu.yaml
 
 Per micro-batch: build one attention mask (``focusft.attention``), run the trunk
-(layers without fast weights) once, K inner steps on fresh fast weights, then the
-outer response loss (:func:`focusft.bilevel.bilevel_step`), and backpropagate it into
-θ. The outer loss is normalised by the response tokens of the whole global batch.
+(layers without fast weights) once, K inner steps on fresh fast weights of each
+document (sample) of the micro-batch, then the outer response loss
+(:func:`focusft.bilevel.bilevel_step`), and backpropagate it into θ. The outer loss is
+normalised by the response tokens of the whole global batch.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 from torchtune.training.lr_schedulers import get_lr
 from tqdm import tqdm
 
+from focusft.analysis.probe import AttentionProbe, AttentionProbeConfig
 from focusft.batch import prepare_batch
 from focusft.bilevel import bilevel_step
 from focusft.checkpointing import CheckpointManager
 from focusft.config import ConfigError, FocusConfig, check_input_files, check_training_values
 from focusft.data import LengthGroupedSampler
+from focusft.documents import fast_weight_seed
 from focusft.fast_weights import attach_fast_weight_slots
 from focusft.masks import build_mask
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
@@ -42,16 +45,7 @@ from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decode
 log = utils.get_logger("INFO")
 
 # Index of each per-step statistic in the tensor all-reduced once per optimizer step.
-LOSS_SUM, TOKENS, INPUT_TOKENS, SKIPPED, DELTA_SUM, MICRO_BATCHES, INNER_LOSSES = range(7)
-
-
-def fast_weight_seed(seed: int, step: int, micro_batch: int) -> int:
-    """Seed of φ_0 for one micro-batch: a function of where it sits in the run, not of the world size.
-
-    ``micro_batch`` is ``accumulation_index * world_size + rank``, so 2 ranks × 1 micro-batch
-    and 1 rank × 2 accumulated micro-batches draw the same fast weights for the same samples.
-    """
-    return hash((seed, step, micro_batch)) & 0x7FFF_FFFF_FFFF_FFFF
+LOSS_SUM, TOKENS, INPUT_TOKENS, SKIPPED, DELTA_SUM, FAST_WEIGHT_SETS, DOCUMENTS, INNER_LOSSES = range(8)
 
 
 class FocuSFTRecipeDistributed(FTRecipeInterface):
@@ -60,6 +54,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
     def __init__(self, cfg: DictConfig) -> None:
         # Everything that can be checked without a model is checked first.
         self.focus = FocusConfig.from_section(cfg.get("focusft"))
+        self.probe_config = AttentionProbeConfig.from_section(cfg.get("attention_probe"))
         check_training_values(cfg)
         check_input_files(cfg, base_checkpoint=not cfg.get("resume_from_checkpoint", False))
 
@@ -109,6 +104,16 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         if self.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, self.max_steps_per_epoch)
         self.total_steps = self.total_epochs * self.steps_per_epoch
+        self.probe = None
+        if self.probe_config.every_n_steps is not None:
+            self.probe = AttentionProbe(
+                self.probe_config,
+                self.dataloader.dataset,
+                self.tokenizer,
+                self.focus.attention,
+                self.mask_kind,
+                self.device,
+            )
 
         self.model, self.slots = self._setup_model(cfg)
         self.optimizer = config.instantiate(cfg.optimizer, self.model.parameters())
@@ -122,11 +127,19 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             log.info(
                 f"{self.focus.variant}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
                 f"{self.world_size} process(es), {self.mask_kind} mask, fast weights on layers "
-                f"{self.slots.first_layer}..{self.slots.num_layers - 1}"
+                f"{self.slots.first_layer}..{self.slots.num_layers - 1} (one set per {self.focus.fast_weight_scope})"
             )
+        if self.probe is not None and self.global_step == 0:
+            self._probe_attention()  # the starting point
 
     def _setup_data(self, cfg: DictConfig) -> StatefulDataLoader:
         dataset = config.instantiate(cfg.dataset, self.tokenizer)
+        if self.inner is not None and len(dataset) and "sample_index" not in dataset[0]:
+            raise ConfigError(
+                "Bilevel training seeds each sample's fast weights from its dataset index, but the dataset's "
+                "items have no `sample_index` (a list with the item's own index, or its packed samples' indices). "
+                "The focusft.data builders add it."
+            )
         module, _, name = cfg.get("collate_fn", "focusft.data.collate_focus_batch").rpartition(".")
         collate = getattr(importlib.import_module(module), name)
         shuffle = cfg.get("shuffle", True)
@@ -210,7 +223,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             stats = self._new_stats()
             start = time.perf_counter()
             for index, batch in enumerate(self.dataloader):
-                self._micro_batch(batch, index % self.grad_accum, stats)
+                self._micro_batch(batch, epoch, stats)
                 if (index + 1) % self.grad_accum:
                     continue
                 lr, grad_norm = self._optimizer_step(stats)
@@ -219,6 +232,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 progress.update(1)
                 if self.global_step % self.log_every_n_steps == 0:
                     self._log(stats, lr, grad_norm, time.perf_counter() - start, progress)
+                if self.probe is not None and self.probe.due(self.global_step):
+                    self._probe_attention()
                 stats, start = self._new_stats(), time.perf_counter()
 
                 end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
@@ -243,11 +258,13 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         num_inner = self.inner.steps + 1 if self.inner is not None else 1
         return torch.zeros(INNER_LOSSES + num_inner, dtype=torch.float64, device=self.device)
 
-    def _micro_batch(self, batch: dict[str, torch.Tensor], accumulation_index: int, stats: torch.Tensor) -> None:
-        mb = prepare_batch(batch, self.device)
+    def _micro_batch(self, batch: dict[str, torch.Tensor], epoch: int, stats: torch.Tensor) -> None:
+        mb = prepare_batch(batch, self.device, self.focus.fast_weight_scope)
         mask = build_mask(mb.layout, self.focus.attention, self.mask_kind)
-        micro_batch = accumulation_index * self.world_size + self.rank
-        generator = torch.Generator().manual_seed(fast_weight_seed(self.seed, self.global_step, micro_batch))
+        initial = None
+        if self.inner is not None and self.inner.steps > 0:
+            seeds = [fast_weight_seed(self.seed, epoch, index) for index in mb.documents.sample_index]
+            initial = self.slots.init(seeds, device=self.device)
         result = bilevel_step(
             self.model,
             self.slots,
@@ -256,7 +273,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             mask=mask,
             input_pos=mb.input_pos,
             inner=self.inner,
-            generator=generator,
+            documents=mb.documents,
+            initial_fast_weights=initial,
         )
         result.loss.backward()
         tokens = result.num_tokens.double()
@@ -264,8 +282,9 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         stats[TOKENS] += tokens
         stats[INPUT_TOKENS] += mb.layout.valid.sum()
         stats[SKIPPED] += result.skipped_updates
-        stats[DELTA_SUM] += result.fast_weight_delta_norm.double()
-        stats[MICRO_BATCHES] += 1
+        stats[DELTA_SUM] += result.delta_norms.double().sum()
+        stats[FAST_WEIGHT_SETS] += mb.documents.count
+        stats[DOCUMENTS] += mb.documents.found
         stats[INNER_LOSSES:] += result.inner_losses.double() * tokens  # token-weighted across micro-batches
 
     def _optimizer_step(self, stats: torch.Tensor) -> tuple[float, float]:
@@ -301,10 +320,17 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 metrics[f"inner_loss_before_{step}"] = inner[step]
                 metrics[f"inner_loss_after_{step}"] = inner[step + 1]
             metrics["inner_skipped_updates"] = int(stats[SKIPPED].item())
-            metrics["fast_weight_delta_norm"] = (stats[DELTA_SUM] / stats[MICRO_BATCHES]).item()
+            metrics["fast_weight_delta_norm"] = (stats[DELTA_SUM] / stats[FAST_WEIGHT_SETS]).item()
+            metrics["documents"] = int(stats[DOCUMENTS].item())
         metrics |= self._memory_stats()
         self.metric_logger.log_dict(metrics, step=self.global_step)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+
+    def _probe_attention(self) -> None:
+        """Attention metrics of the probe sample: a forward that every rank runs; rank 0 logs."""
+        metrics = self.probe.measure(self.model)
+        if self.is_rank_zero:
+            self.metric_logger.log_dict(metrics, step=self.global_step)
 
     def _memory_stats(self) -> dict[str, float]:
         if self.device.type == "cuda":

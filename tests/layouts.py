@@ -50,3 +50,40 @@ def random_batch(batch: int, seq_len: int, seed: int, vocab: int = 500):
     layout = random_layout(batch, seq_len, generator)
     tokens = torch.randint(0, vocab, layout.shape, generator=generator)
     return tokens, shifted_labels(tokens, layout), layout
+
+
+def documents_layout(rows: list[list[int]], width: int, generator: torch.Generator) -> TokenLayout:
+    """Rows of packed documents of the given lengths, each alternating context/response turns, then padding."""
+    context = torch.ones(len(rows), width, dtype=torch.bool)
+    doc = torch.zeros(len(rows), width, dtype=torch.long)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool)
+    for row, lengths in enumerate(rows):
+        pos = 0
+        for d, length in enumerate(lengths):
+            end, is_context = pos + length, True  # a conversation starts with its system/user turn
+            while pos < end:
+                turn = min(int(torch.randint(2, 7, (1,), generator=generator)), end - pos)
+                context[row, pos : pos + turn] = is_context
+                pos, is_context = pos + turn, not is_context
+            doc[row, end - length : end] = d
+        valid[row, :pos] = True
+        doc[row, pos:] = len(lengths)
+    return TokenLayout(context=context, doc=doc, valid=valid)
+
+
+def brute_force_documents(layout: TokenLayout) -> torch.Tensor:
+    """Document index of each token by walking the rows: a new document at every valid run start."""
+    b, s = layout.shape
+    out = torch.full((b, s), -1, dtype=torch.long)
+    count = -1
+    for row in range(b):
+        previous = None
+        for t in range(s):
+            if not layout.valid[row, t]:
+                previous = None
+                continue
+            if previous is None or layout.doc[row, t] != previous:
+                count += 1
+            out[row, t] = count
+            previous = layout.doc[row, t]
+    return out

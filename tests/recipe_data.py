@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torchtune.data import Message
 
+from focusft.data.packing import pack_samples
 from focusft.split_decoder import IGNORE_INDEX
 
 FACTS = [
@@ -18,8 +19,11 @@ FACTS = [
 ]
 
 
-def memorisation_dataset(tokenizer, num_samples: int = 8, story_repeats: int = 3) -> list[dict]:
-    """Samples with a system prompt, a story, a question and the answer to memorise."""
+def memorisation_dataset(tokenizer, num_samples: int = 8, story_repeats: int = 3, packed: bool = False) -> list[dict]:
+    """Samples with a system prompt, a story, a question and the answer to memorise.
+
+    ``packed``: two samples per row (rows of twice the longest sample), in order.
+    """
     samples = []
     for index in range(num_samples):
         question, answer = FACTS[index % len(FACTS)]
@@ -35,6 +39,9 @@ def memorisation_dataset(tokenizer, num_samples: int = 8, story_repeats: int = 3
                 "tokens": tokens,
                 "labels": [IGNORE_INDEX if m else t for t, m in zip(tokens, masked)],
                 "context": list(masked),
+                "sample_index": [index],
             }
         )
+    if packed:
+        return pack_samples(samples, 2 * max(len(s["tokens"]) for s in samples), padding_idx=tokenizer.pad_id)
     return samples

@@ -21,6 +21,7 @@ def test_defaults_are_the_paper_hyperparameters():
     fw = focus.fast_weights
     assert (fw.rank, fw.alpha, fw.layer_fraction) == (32, 64.0, 0.35)
     assert fw.target_modules == ("gate_proj", "up_proj", "down_proj")
+    assert focus.fast_weight_scope == "document"
 
 
 @pytest.mark.parametrize(
@@ -45,6 +46,7 @@ def test_one_section_selects_each_paper_variant(bilevel, attention, variant):
         ({"bilevel": "yes"}, "focusft.bilevel must be true or false"),
         ({"attention": "full"}, "focusft.attention must be one of"),
         ({"mask": "sparse"}, "focusft.mask must be one of"),
+        ({"fast_weight_scope": "batch"}, "focusft.fast_weight_scope must be one of ['document', 'micro_batch']"),
         ({"inner_steps": -1}, "{'inner_steps': -1}"),
         ({"inner_lr": float("inf")}, "inner lr"),
         ({"inner_grad_clip": 0}, "inner grad_clip"),

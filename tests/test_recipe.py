@@ -19,6 +19,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torchtune.models.qwen2 import qwen2_hf_to_tune
 
+from focusft.analysis.measure import decoder_forward, measure_attention
+from focusft.analysis.sample import item_sample
+from focusft.eval.checkpoint import load_model, read_checkpoint
 from focusft.split_decoder import IGNORE_INDEX
 from focusft.tiny import TinyQwenConfig, load_tiny_tokenizer, tiny_qwen2_5, write_tiny_checkpoint
 from tests.recipe_data import memorisation_dataset
@@ -45,6 +48,15 @@ RUNS = {
     "sft_1x4": (1, ["batch_size=4", *SFT]),
     "sft_bidir": (2, ["batch_size=2", "focusft.bilevel=false", "focusft.attention=bidir_context"]),
     "causal_bilevel": (2, ["batch_size=2", "focusft.attention=causal", "save_every_n_steps=3"]),
+    "focusft_probe": (
+        2,
+        [
+            "batch_size=1",
+            "gradient_accumulation_steps=2",
+            "attention_probe.every_n_steps=2",
+            "attention_probe.sample_index=1",
+        ],
+    ),
 }
 
 
@@ -122,10 +134,46 @@ def test_each_variant_trains_and_its_loss_falls(runs, name):
 def test_two_processes_equal_one_process_with_the_same_global_batch(runs):
     # Bilevel off: 2 ranks x batch 2 == 1 rank x batch 4.
     torch.testing.assert_close(losses(runs("sft_2x2")[1]), losses(runs("sft_1x4")[1]), atol=1e-5, rtol=0)
-    # Bilevel on: fast weights are per micro-batch, so 2 ranks x batch 1 x GA 2 == 1 rank x batch 1 x GA 4.
+    # Bilevel on: each sample's φ_0 depends on its dataset index only, so 2 ranks x batch 1 x GA 2
+    # == 1 rank x batch 1 x GA 4.
     a, b = runs("focusft_2x1x2")[1], runs("focusft_1x1x4")[1]
     for key in ("loss", "inner_loss_before_0", "inner_loss_after_0", "fast_weight_delta_norm"):
         torch.testing.assert_close([r[key] for r in a], [r[key] for r in b], atol=1e-5, rtol=0, msg=key)
+
+
+def test_packed_and_unpacked_samples_take_the_same_first_step(config, base_dir, tmp_path):
+    """Samples 0-3 as 2 packed rows on 1 process, or one by one on 2 processes × GA 2: the same θ after step 1."""
+    first_step = [
+        *BASE,
+        "epochs=1",
+        "max_steps_per_epoch=1",
+        "shuffle=false",
+        "optimizer._component_=torch.optim.SGD",
+        "optimizer.lr=1.0",  # θ_1 − θ_0 is the gradient itself
+        "warmup_ratio=0",  # full lr at step 1
+        "clip_grad_norm=null",
+    ]
+    packed, unpacked = tmp_path / "packed", tmp_path / "unpacked"
+    tune_run(config, 1, [f"base_dir={base_dir}", f"output_dir={packed}", *first_step, "dataset.packed=true"])
+    tune_run(
+        config,
+        2,
+        [
+            f"base_dir={base_dir}",
+            f"output_dir={unpacked}",
+            *first_step,
+            "batch_size=1",
+            "gradient_accumulation_steps=2",
+        ],
+    )
+    assert read_metrics(packed)[0]["documents"] == read_metrics(unpacked)[0]["documents"] == 4
+    base = load_file(base_dir / "model.safetensors")
+    a = load_file(packed / "epoch_0" / "model-00001-of-00001.safetensors")
+    b = load_file(unpacked / "epoch_0" / "model-00001-of-00001.safetensors")
+    assert a.keys() == b.keys() == base.keys()
+    assert max((a[k] - base[k]).abs().max().item() for k in a) > 1e-2  # the step moved θ
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5, msg=key)
 
 
 def plain_sft_losses(base_dir: Path, steps: int, batch_size: int) -> list[float]:
@@ -216,6 +264,27 @@ def test_checkpoint_has_no_fast_weights_and_loads_in_transformers(runs):
     tokens = torch.randint(0, 500, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(hf_model(tokens).logits, ours.eval()(tokens), atol=1e-4, rtol=1e-4)
+
+
+def test_attention_probe_logs_what_a_one_process_analysis_of_the_weights_measures(runs, base_dir):
+    out, rows = runs("focusft_probe")
+    assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4, 5, 6]
+    probes = {row["step"]: row for row in rows if "attention/sink_mass" in row}
+    assert sorted(probes) == [0, 2, 4, 6]  # before the first step, then every 2 steps
+    tokenizer = load_tiny_tokenizer(base_dir)
+    sample = item_sample(memorisation_dataset(tokenizer)[1], tokenizer, "probe")
+    # Two FSDP2 ranks, sharded model, SplitDecoder == one process, plain decoder, the checkpoint's weights.
+    for step, checkpoint in ((0, base_dir), (6, out / "epoch_2")):
+        model = load_model(read_checkpoint(checkpoint, base_dir), dtype=torch.float32, device=torch.device("cpu"))
+        metrics = measure_attention(
+            model.layers, decoder_forward(model), sample, "bidir_context", device="cpu", with_heatmap=False
+        )
+        budget, probe = metrics.budget(), probes[step]
+        assert probe["attention/sink_mass"] == pytest.approx(metrics.sink_mass, abs=1e-5)
+        assert probe["attention/context_engagement"] == pytest.approx(metrics.context_engagement, abs=1e-5)
+        for name in ("prompt", "tool", "response"):
+            assert probe[f"attention/{name}"] == pytest.approx(budget[name], abs=1e-5)
+    assert probes[6]["attention/sink_mass"] != pytest.approx(probes[0]["attention/sink_mass"], abs=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,7 @@ class ChatDataset(Dataset):
     reference counts for forked dataloader workers to copy) and handed out as lists.
     """
 
-    _TYPECODES = {"tokens": "i", "labels": "i", "doc": "i", "context": "b", "valid": "b"}
+    _TYPECODES = {"tokens": "i", "labels": "i", "doc": "i", "sample_index": "i", "context": "b", "valid": "b"}
 
     def __init__(self, items: list[dict[str, list]], stats: DataStats) -> None:
         self._items = [{key: array(self._TYPECODES[key], value) for key, value in item.items()} for item in items]
@@ -222,7 +222,11 @@ def build_dataset(
             stats.truncated += len(fitted) < len(conversation)
             samples.append(fitted.as_sample())
     stats.samples = len(samples)
-    items = pack_samples(samples, max_seq_len, padding_idx=tokenizer.pad_id) if packed else samples
+    # Packed or not, a sample keeps its index: it seeds the sample's fast weights.
+    if packed:
+        items = pack_samples(samples, max_seq_len, padding_idx=tokenizer.pad_id)
+    else:
+        items = [{**sample, "sample_index": [index]} for index, sample in enumerate(samples)]
     stats.packed_rows = len(items) if packed else 0
     lost = stats.bad_rows or stats.dropped_too_long or stats.dropped_no_response
     log_rank_zero(log, stats.summary(name, max_seq_len), level=logging.WARNING if lost else logging.INFO)

@@ -19,7 +19,8 @@ def collate_focus_batch(
     A sample has ``tokens``, ``labels`` (unshifted) and ``context`` of one length, and
     ``doc`` and ``valid`` if it is a packed row (else it is one document, all valid).
     Padding is context, has ``valid = False`` and a document id one past the row's last,
-    so it joins nothing.
+    so it joins nothing. ``sample_index`` (the dataset index of each of the sample's
+    documents, in document-id order) is stacked into ``[b, max_docs]``, padded with -1.
     """
     if not samples:
         raise ValueError("collate_focus_batch got an empty list of samples.")
@@ -45,4 +46,12 @@ def collate_focus_batch(
         batch["doc"][row, :n] = doc
         batch["doc"][row, n:] = (int(doc.max()) + 1) if n else 0
         batch["valid"][row, :n] = torch.as_tensor(sample["valid"], dtype=torch.bool) if "valid" in sample else True
+    indexed = ["sample_index" in sample for sample in samples]
+    if any(indexed) and not all(indexed):
+        raise ValueError("Some samples of the batch have `sample_index` and some do not.")
+    if all(indexed):
+        width = max(len(sample["sample_index"]) for sample in samples)
+        batch["sample_index"] = torch.full((len(samples), width), -1, dtype=torch.long)
+        for row, sample in enumerate(samples):
+            batch["sample_index"][row, : len(sample["sample_index"])] = torch.as_tensor(sample["sample_index"])
     return batch

@@ -47,15 +47,15 @@ def adapt_on_prompt(
     unchanged), and a non-finite loss or gradient stops at the fast weights reached so far.
     """
     device = model.tok_embeddings.weight.device
-    fast = slots.init(torch.Generator().manual_seed(config.seed), device=device)
+    fast = slots.init([config.seed], device=device)  # one document: stacked [1, ...]
     if len(prompt) < 2:
-        return fast
+        return _single(fast)
     tokens = torch.as_tensor(prompt, device=device)[None]
     targets = tokens[0, 1:]
     for _ in range(config.inner.steps):
         leaves, flat = fast_weight_leaves(fast)
         with torch.enable_grad():
-            hidden = final_hidden(model, tokens[:, :-1], fast_weights=leaves)[0]
+            hidden = final_hidden(model, tokens[:, :-1], fast_weights=_single(leaves))[0]
             loss = sum(
                 checkpoint(
                     _chunk_loss, model, hidden[i : i + LOSS_CHUNK], targets[i : i + LOSS_CHUNK], use_reentrant=False
@@ -63,7 +63,12 @@ def adapt_on_prompt(
                 for i in range(0, len(targets), LOSS_CHUNK)
             ) / len(targets)
             grads = torch.autograd.grad(loss, flat)
-        fast, applied = inner_sgd_update(leaves, grads, loss, config.inner)
-        if not applied:
-            return fast
-    return fast
+        fast, applied = inner_sgd_update(leaves, grads, loss.reshape(1), config.inner)
+        if not applied.item():
+            break
+    return _single(fast)
+
+
+def _single(fast: LayerFastWeights) -> LayerFastWeights:
+    """The one document's fast weights out of a stack of one."""
+    return {layer: {name: t[0] for name, t in ws.items()} for layer, ws in fast.items()}

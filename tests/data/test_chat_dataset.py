@@ -117,7 +117,10 @@ def test_json_array_and_parquet_give_the_same_samples_as_json_lines(tmp_path, to
     array.write_text(json.dumps(rows, indent=2))
     parquet = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist(rows), parquet)  # Arrow fills absent fields with None
-    want = [tokenize_conversation(openai_to_messages(row), tokenizer).as_sample() for row in rows]
+    want = [
+        {**tokenize_conversation(openai_to_messages(row), tokenizer).as_sample(), "sample_index": [index]}
+        for index, row in enumerate(rows)
+    ]
     for source, path in (("json", jsonl), ("json", array), ("parquet", parquet)):
         dataset = chat_dataset(tokenizer, source=source, data_files=[str(path)], max_seq_len=256)
         assert [dataset[i] for i in range(len(dataset))] == want, path

@@ -26,6 +26,7 @@ def test_greedy_packing_in_order_with_padding_of_its_own():
             "context": [True, False, False, True, False, True],
             "doc": [0, 0, 0, 1, 1, 2],
             "valid": [True] * 5 + [False],
+            "sample_index": [0, 1],
         },
         {
             "tokens": [6, 7, 8, 9, 0, 0],
@@ -33,6 +34,7 @@ def test_greedy_packing_in_order_with_padding_of_its_own():
             "context": [True, True, False, False, True, True],
             "doc": [0, 0, 0, 0, 1, 1],
             "valid": [True] * 4 + [False] * 2,
+            "sample_index": [2],
         },
     ]
     with pytest.raises(ValueError, match="Sample 1 has 4 tokens, more than max_seq_len=3"):

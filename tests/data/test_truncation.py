@@ -69,9 +69,9 @@ def test_dataset_counts_what_it_dropped_and_truncated(tmp_path, tokenizer):
     assert (drop.stats.samples, drop.stats.dropped_too_long, drop.stats.truncated) == (1, 2, 0)
     left = build("truncate_left")
     assert (left.stats.samples, left.stats.dropped_too_long, left.stats.truncated) == (2, 1, 1)
-    assert left[1] == tokenized(tokenizer, EXCHANGES[2]).as_sample()
+    assert left[1] == {**tokenized(tokenizer, EXCHANGES[2]).as_sample(), "sample_index": [1]}
     right = build("truncate_right")
     # The third row's long user turn fills the whole window: nothing is left to train on.
     assert (right.stats.samples, right.stats.truncated, right.stats.dropped_no_response) == (2, 1, 1)
     whole = tokenized(tokenizer, EXCHANGES[0], EXCHANGES[2]).as_sample()
-    assert right[1] == {key: value[:max_seq_len] for key, value in whole.items()}
+    assert right[1] == {**{key: value[:max_seq_len] for key, value in whole.items()}, "sample_index": [1]}

@@ -8,10 +8,10 @@ and the averaged base-parameter gradients agree.
 import json
 import sys
 
-import torch
 import torch.distributed as dist
 
 from focusft.bilevel import InnerLoopConfig, bilevel_step
+from focusft.documents import Documents
 from focusft.fast_weights import FastWeightConfig, attach_fast_weight_slots
 from focusft.masks import dense_mask, document_positions
 from focusft.split_decoder import SplitDecoder, shard_split_decoder
@@ -30,6 +30,7 @@ def build(activation_checkpointing: bool) -> tuple[SplitDecoder, object]:
 
 def step(model, slots, rank: int):
     tokens, labels, layout = random_batch(2, 48, seed=rank)
+    documents = Documents.from_layout(layout)  # several packed documents per row: chunk routing
     result = bilevel_step(
         model,
         slots,
@@ -38,7 +39,8 @@ def step(model, slots, rank: int):
         mask=dense_mask(layout, "bidir_context"),
         input_pos=document_positions(layout.doc),
         inner=INNER,
-        generator=torch.Generator().manual_seed(100 + rank),
+        documents=documents,
+        initial_fast_weights=slots.init([100 * rank + d for d in range(documents.count)]),
     )
     return result
 

@@ -110,13 +110,13 @@ def _adapted_reference(prompt, lr, clip):
     """One SGD step of the prompt's mean next-token loss on fast weights set directly on the model."""
     model = seeded_tiny_qwen2_5(0).eval().requires_grad_(False)
     slots = attach_fast_weight_slots(model, FastWeightConfig())
-    init = slots.init(torch.Generator().manual_seed(0))
+    init = slots.init([0])
     modules = {}
     for layer, weights in init.items():
         for name, tensor in weights.items():
             module_path, attr = name.rsplit(".", 1)
             module = model.layers[layer].get_submodule(module_path)
-            setattr(module, attr, tensor.clone().requires_grad_())
+            setattr(module, attr, tensor[0].clone().requires_grad_())
             modules[(layer, name)] = (module, attr)
     x = torch.tensor([prompt])
     loss = torch.nn.functional.cross_entropy(model(x[:, :-1])[0].float(), x[0, 1:])
