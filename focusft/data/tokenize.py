@@ -5,8 +5,8 @@ Qwen2.5-Instruct's template (tests/fixtures/qwen2_5_instruct_chat_template.jinja
 test renders it with transformers), minus the template's final ``\\n`` after the last
 ``<|im_end|>``, which nothing learns from. The one deliberate difference: an assistant
 message is tokenized after its header ``<|im_start|>assistant\\n`` as the model generates
-it, so content that starts with a line break is not merged with the header's ``\\n``
-as the template's text would be.
+it, so content that starts with a line break (possibly after spaces) is not merged with
+the header's ``\\n`` as the template's text would be.
 
 torchtune's ``Qwen2_5Tokenizer.tokenize_messages`` is not used: it encodes each message's
 header, content and footer as separate strings, and byte-level BPE merges across those
