@@ -18,6 +18,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from safetensors import safe_open
 from torchtune import config, training, utils
 
 from focusft.config import ConfigError, checkpoint_files
+from focusft.hf_files import MissingTokenizerError, make_readable, set_chat_eos, special_token_ids
 
 log = utils.get_logger("INFO")
 
@@ -134,6 +137,10 @@ class CheckpointManager:
             overrides |= {"checkpoint_dir": str(self.resume_dir), "checkpoint_files": files}
         else:
             checkpoint_files(cfg_checkpointer)  # validates the file list
+        try:
+            special_token_ids(Path(overrides.get("checkpoint_dir", cfg_checkpointer.checkpoint_dir)))
+        except MissingTokenizerError as err:
+            raise ConfigError(str(err)) from None
         self.checkpointer = config.instantiate(cfg_checkpointer, **overrides)
 
     def _open_resumable(self) -> tuple[Path, dict[str, Any], list[str]]:
@@ -184,10 +191,13 @@ class CheckpointManager:
         staging = self.output_dir / STAGING
         shutil.rmtree(staging, ignore_errors=True)  # leftovers of a crash during an earlier save
         try:
-            self.checkpointer.save_checkpoint({training.MODEL_KEY: model_state}, epoch=0)
+            with _quiet(log):  # torchtune's lines name the staging folder; the recipe logs the final path
+                self.checkpointer.save_checkpoint({training.MODEL_KEY: model_state}, epoch=0)
             staged = staging / "epoch_0"
+            set_chat_eos(staged)
             torch.save(recipe_state, staged / RECIPE_STATE)
             (staged / PROGRESS).write_text(json.dumps({"global_step": step}))
+            make_readable(staged)
         except Exception as error:
             if not _no_space_left(error):
                 raise
@@ -227,3 +237,17 @@ class CheckpointManager:
     def _latest_description(self) -> str:
         latest = latest_checkpoint(self.output_dir)
         return f"The last good checkpoint is {latest}." if latest else "No checkpoint has been written yet."
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """Drop ``logger``'s records below WARNING for the duration (a filter: the recipe shares the logger)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)

@@ -1,6 +1,6 @@
 """The ``focusft:`` section of a recipe config, and the checks run before any model is built.
 
-One section selects the paper's four variants (DESIGN.md section 3)::
+One section selects the paper's four variants (docs/DESIGN.md section 3)::
 
     Standard SFT     focusft.bilevel=false focusft.attention=causal
     SFT + Bidir      focusft.bilevel=false focusft.attention=bidir_context

@@ -1,6 +1,6 @@
 """The FocuSFT attention mask: bidirectional inside context turns, causal elsewhere.
 
-One ``mask_mod`` defines the mask (DESIGN.md section 2). It is materialised either
+One ``mask_mod`` defines the mask (docs/DESIGN.md section 2). It is materialised either
 as a FlexAttention ``BlockMask`` (GPU: no S x S tensor) or as a dense bool
 ``[b, s, s]`` tensor (CPU, where FlexAttention has no backward). torchtune's
 ``TransformerDecoder.forward(mask=...)`` accepts both.
@@ -71,7 +71,7 @@ class TokenLayout:
 
 
 def focus_mask_mod(layout: TokenLayout, mode: MaskMode) -> MaskMod:
-    """``mask_mod(b, h, q, k)`` of DESIGN.md section 2 for ``layout``."""
+    """``mask_mod(b, h, q, k)`` of docs/DESIGN.md section 2 for ``layout``."""
     check_mask_mode(mode)
     context, doc, valid = layout.context, layout.doc, layout.valid
     turn = layout.turn_ids()

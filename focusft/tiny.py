@@ -25,16 +25,63 @@ from torchtune.modules import TransformerDecoder
 # Special tokens in Qwen2.5's own order; they take the ids right after the BPE vocabulary.
 SPECIAL_TOKENS: list[str] = sorted(QWEN2_5_SPECIAL_TOKENS, key=QWEN2_5_SPECIAL_TOKENS.get)
 
-# Qwen2.5-Instruct's chat template without tools, for HF tokenizers and lm-eval's --apply_chat_template.
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if loop.first and message['role'] != 'system' %}"
-    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+# Qwen2.5-Instruct's chat template (tools, tool calls, tool responses, default system prompt), as the
+# real tokenizer_config.json carries it; transformers, vLLM and lm-eval's --apply_chat_template render it.
+CHAT_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""  # noqa: E501 (the template's own lines)
 
 
 @dataclass(frozen=True)
@@ -99,8 +146,11 @@ def tiny_corpus(seed: int = 0, num_lines: int = 3000) -> list[str]:
     return lines
 
 
-def train_tiny_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Tokenizer:
-    """Byte-level BPE with Qwen2's normaliser and pre-tokeniser; specials at the top ids."""
+def train_tiny_tokenizer(vocab_size: int = 1024, seed: int = 0, corpus: list[str] | None = None) -> Tokenizer:
+    """Byte-level BPE with Qwen2's normaliser and pre-tokeniser; specials at the top ids.
+
+    ``corpus`` (default :func:`tiny_corpus`) is the text the merges are learned from.
+    """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -115,16 +165,18 @@ def train_tiny_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(tiny_corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator(tiny_corpus(seed) if corpus is None else corpus, trainer=trainer)
     tokenizer.add_special_tokens(SPECIAL_TOKENS)
     return tokenizer
 
 
-def write_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 1024, seed: int = 0) -> Path:
+def write_tiny_tokenizer(
+    out_dir: str | Path, vocab_size: int = 1024, seed: int = 0, corpus: list[str] | None = None
+) -> Path:
     """Write vocab.json, merges.txt, tokenizer.json and tokenizer_config.json to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tiny_tokenizer(vocab_size, seed)
+    tokenizer = train_tiny_tokenizer(vocab_size, seed, corpus)
     tokenizer.save(str(out / "tokenizer.json"))
     tokenizer.model.save(str(out), None)  # vocab.json + merges.txt
     special_ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}

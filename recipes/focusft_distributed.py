@@ -147,6 +147,12 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         return result
 
     def setup(self, cfg: DictConfig) -> None:
+        if self.is_rank_zero:
+            log.info(f"FocuSFT recipe, resolved config:\n\n{OmegaConf.to_yaml(cfg, resolve=True)}")
+            log.info(
+                f"Checkpoints go to {self.output_dir}/epoch_N (and step_N; LATEST names the newest); metrics "
+                f"through {cfg.metric_logger._component_.rsplit('.', 1)[-1]} to {_metrics_destination(cfg)}."
+            )
         self.checkpoints = CheckpointManager(
             cfg.checkpointer,
             self.output_dir,
@@ -544,6 +550,11 @@ USER_ERRORS: dict[type[Exception], str] = {
     CheckpointError: "checkpoint",
     TrainingError: "training",
 }
+
+
+def _metrics_destination(cfg: DictConfig) -> str:
+    """Where the configured metric logger writes (its ``log_dir``, or wherever the logger itself sends them)."""
+    return str(cfg.metric_logger.get("log_dir") or "the logger's own destination")
 
 
 def exit_with_error(error: Exception) -> None:

@@ -1,6 +1,9 @@
 """Checkpoints are written whole or not at all, and resume finds the last complete one."""
 
 import errno
+import json
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,3 +170,45 @@ def test_resume_without_a_checkpoint_and_fresh_run_over_one_are_refused(cfg, tmp
     manager.save("epoch_0", manager.load_model_state(), {})
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         CheckpointManager(cfg, out, resume=False)
+
+
+def make_base_style(directory):
+    """Rewrite a tiny checkpoint's eos fields as a Qwen2.5 *base* download has them (eos <|endoftext|>)."""
+    tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
+    tokenizer_config["eos_token"] = "<|endoftext|>"
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    end_of_text = next(
+        int(i) for i, t in tokenizer_config["added_tokens_decoder"].items() if t["content"] == "<|endoftext|>"
+    )
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "eos_token_id": end_of_text}))
+    generation = {"bos_token_id": end_of_text, "eos_token_id": end_of_text, "do_sample": False, "max_new_tokens": 2048}
+    (directory / "generation_config.json").write_text(json.dumps(generation))
+    return directory
+
+
+def test_saved_checkpoint_has_qwen_instruct_eos_and_readable_files(cfg, tmp_path):
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    make_base_style(Path(cfg.checkpoint_dir))
+    base_tokenizer = AutoTokenizer.from_pretrained(cfg.checkpoint_dir)
+    assert base_tokenizer.eos_token == "<|endoftext|>"
+    im_end, end_of_text = base_tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+
+    manager = CheckpointManager(cfg, tmp_path / "run", resume=False)
+    saved = manager.save("epoch_0", manager.load_model_state(), {"global_step": 1})
+
+    generation = GenerationConfig.from_pretrained(saved)
+    assert generation.eos_token_id == [im_end, end_of_text]
+    assert generation.max_new_tokens == 2048 and generation.do_sample is False  # the base's other fields stay
+    assert AutoConfig.from_pretrained(saved).eos_token_id == im_end
+    assert AutoTokenizer.from_pretrained(saved).eos_token == "<|im_end|>"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in saved.iterdir()}
+    assert "model-00001-of-00001.safetensors" in modes and "generation_config.json" in modes
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_a_base_directory_without_tokenizer_json_is_a_config_error(cfg, tmp_path):
+    (Path(cfg.checkpoint_dir) / "tokenizer.json").unlink()
+    with pytest.raises(ConfigError, match="has no tokenizer.json"):
+        CheckpointManager(cfg, tmp_path / "run", resume=False)

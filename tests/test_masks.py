@@ -17,7 +17,7 @@ from tests.layouts import random_layout
 
 
 def brute_force_mask(layout: TokenLayout, mode: str) -> torch.Tensor:
-    """DESIGN.md section 2 as a double loop, turns found by walking each row."""
+    """docs/DESIGN.md section 2 as a double loop, turns found by walking each row."""
     b, s = layout.shape
     context, doc, valid = layout.context.tolist(), layout.doc.tolist(), layout.valid.tolist()
     mask = torch.zeros(b, s, s, dtype=torch.bool)

@@ -12,6 +12,7 @@ import logging
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, get_args
 
 from torch.utils.data import Dataset
@@ -19,7 +20,13 @@ from torchtune.data import Message
 from torchtune.models.qwen2_5._tokenizer import Qwen2_5Tokenizer
 from torchtune.utils import get_logger, log_rank_zero
 
-from focusft.data.messages import CHAT_CONTROL_TOKENS, ConversationError, openai_to_messages, sharegpt_to_messages
+from focusft.data.messages import (
+    CHAT_CONTROL_TOKENS,
+    QWEN_DEFAULT_SYSTEM,
+    ConversationError,
+    openai_to_messages,
+    sharegpt_to_messages,
+)
 from focusft.data.packing import pack_samples
 from focusft.data.sources import BadRowError, DataError, Row, load_rows
 from focusft.data.tokenize import tokenize_conversation
@@ -103,6 +110,7 @@ def chat_dataset(
     train_on_assistant_header: bool = False,
     on_bad_row: OnBadRow = "error",
     packed: bool = False,
+    default_system_prompt: str | None = QWEN_DEFAULT_SYSTEM,
     **load_dataset_kwargs: Any,
 ) -> ChatDataset:
     """Chat/tool conversations from local ``json`` (JSON Lines or array) or ``parquet`` files, or a hub dataset.
@@ -118,6 +126,8 @@ def chat_dataset(
         train_on_assistant_header: also train on ``<|im_start|>assistant\\n``.
         on_bad_row: ``error`` (stop, naming the file and row) or ``skip`` (skip, count, summarise).
         packed: pack samples into rows of ``max_seq_len`` tokens.
+        default_system_prompt: system turn of conversations without one, as Qwen2.5's chat template
+            inserts at inference (default: Qwen2.5's); ``None``: no system turn.
         load_dataset_kwargs: passed to ``datasets.load_dataset`` for hub sources.
     """
     if conversation_format not in CONVERSATION_FORMATS:
@@ -134,7 +144,7 @@ def chat_dataset(
     return build_dataset(
         rows,
         tokenizer,
-        to_messages=CONVERSATION_FORMATS[conversation_format],
+        to_messages=partial(CONVERSATION_FORMATS[conversation_format], default_system_prompt=default_system_prompt),
         name=f"{source} {data_files or ''}".strip(),
         max_seq_len=max_seq_len,
         long_sample_policy=long_sample_policy,
@@ -156,6 +166,7 @@ def synthetic_dataset(
     long_sample_policy: LongSamplePolicy = "drop",
     train_on_assistant_header: bool = False,
     packed: bool = False,
+    default_system_prompt: str | None = QWEN_DEFAULT_SYSTEM,
 ) -> ChatDataset:
     """Synthetic long-context conversations (:mod:`focusft.data.synthetic`), generated in memory.
 
@@ -176,7 +187,7 @@ def synthetic_dataset(
     return build_dataset(
         [(f"synthetic {task} sample {index}", sample) for index, sample in enumerate(samples)],
         tokenizer,
-        to_messages=openai_to_messages,
+        to_messages=partial(openai_to_messages, default_system_prompt=default_system_prompt),
         name=f"synthetic {task} ({split}, seed {seed})",
         max_seq_len=max_seq_len,
         long_sample_policy=long_sample_policy,

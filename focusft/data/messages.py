@@ -13,11 +13,24 @@ one function, so the rules below hold for every source:
   it into the real token, forging a turn boundary or an end of text inside a target;
 - all text is valid Unicode (no lone surrogates such as ``\ud800`` from JSON escapes).
 
-The conversion reproduces Qwen2.5's own chat template token for token under torchtune's
-``Qwen2_5Tokenizer.tokenize_messages``: tool outputs become ``ipython`` messages (wrapped
-in ``<tool_response>`` inside a user turn), tool calls become ``{"name": ..., "arguments":
-...}`` JSON between ``<tool_call>`` tokens, and a ``tools`` list is rendered into the system
-prompt exactly as Qwen2.5's template does.
+The messages are rendered by :func:`focusft.data.tokenize.tokenize_conversation` exactly
+as Qwen2.5-Instruct's chat template renders them (see there). Conversion rules:
+
+- a conversation without a system message gets ``default_system_prompt`` (Qwen2.5's
+  "You are Qwen, created by Alibaba Cloud. You are a helpful assistant." unless
+  configured; ``None``: no system turn), as the template inserts it at inference;
+- a ``tools`` list is appended to the system prompt as the template does (each schema
+  as ``json.dumps(schema, ensure_ascii=False)`` on its own line); with tools there is
+  always a system turn (its text starts with ``default_system_prompt``, or with nothing
+  when that is ``None``);
+- a tool call is written ``<tool_call>\\n{"name": NAME, "arguments": ARGS}\\n</tool_call>``
+  with ``json.dumps(..., ensure_ascii=False)``. OpenAI's ``arguments`` *string* is parsed
+  into an object first, as transformers expects and vLLM's OpenAI server does before it
+  applies the template:
+  the template's ``arguments | tojson`` would otherwise write the string quoted. Keys keep
+  their order; only the JSON's whitespace and escapes are normalised;
+- tool outputs become ``ipython`` messages; consecutive ones share one user turn, each in
+  ``<tool_response>`` tags.
 """
 
 from __future__ import annotations
@@ -43,8 +56,8 @@ SHAREGPT_ROLES: dict[str, str] = {
 # Rejected in any text even without a tokenizer at hand; builders add the tokenizer's special tokens.
 CHAT_CONTROL_TOKENS: tuple[str, ...] = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 
-# Qwen2.5's chat template, verbatim: its default system prompt when tools are given
-# without a system message, and the tool block it appends to the system prompt.
+# Qwen2.5's chat template, verbatim: its default system prompt (when the conversation has no
+# system message) and the tool block it appends to the system prompt.
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 _TOOLS_HEADER = (
     "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -55,8 +68,6 @@ _TOOLS_FOOTER = (
     'within <tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, '
     '"arguments": <args-json-object>}\n</tool_call>'
 )
-# Between two calls of one assistant turn; torchtune's ipython header and footer add the outer tags.
-_CALL_SEPARATOR = "\n</tool_call>\n<tool_call>\n"
 
 
 class ConversationError(ValueError):
@@ -64,15 +75,19 @@ class ConversationError(ValueError):
 
 
 def openai_to_messages(
-    row: Mapping[str, Any], forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS
+    row: Mapping[str, Any],
+    forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS,
+    default_system_prompt: str | None = QWEN_DEFAULT_SYSTEM,
 ) -> list[Message]:
     """A row with ``messages`` (OpenAI chat format) and optional ``tools``."""
     turns = _field(row, "messages")
-    return to_torchtune_messages(turns, _tools(row), forbidden_tokens)
+    return to_torchtune_messages(turns, _tools(row), forbidden_tokens, default_system_prompt)
 
 
 def sharegpt_to_messages(
-    row: Mapping[str, Any], forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS
+    row: Mapping[str, Any],
+    forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS,
+    default_system_prompt: str | None = QWEN_DEFAULT_SYSTEM,
 ) -> list[Message]:
     """A row with ``conversations`` of ``{"from", "value"}`` turns and optional ``tools``.
 
@@ -98,7 +113,7 @@ def sharegpt_to_messages(
         turns.append(
             {"role": "assistant", "content": None, "tool_calls": calls if isinstance(calls, list) else [calls]}
         )
-    return to_torchtune_messages(turns, _tools(row), forbidden_tokens)
+    return to_torchtune_messages(turns, _tools(row), forbidden_tokens, default_system_prompt)
 
 
 def check_text(text: str, where: str, forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS) -> None:
@@ -115,7 +130,10 @@ def check_text(text: str, where: str, forbidden_tokens: Collection[str] = CHAT_C
 
 
 def to_torchtune_messages(
-    turns: Sequence[Any], tools: list[Any] | None = None, forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS
+    turns: Sequence[Any],
+    tools: list[Any] | None = None,
+    forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS,
+    default_system_prompt: str | None = QWEN_DEFAULT_SYSTEM,
 ) -> list[Message]:
     """Validate OpenAI-style turns and convert them; only assistant messages are unmasked."""
     if not turns:
@@ -139,29 +157,28 @@ def to_torchtune_messages(
         messages.append(_message(role, content, calls, index, forbidden_tokens))
     if messages[-1].role != "assistant":
         raise ConversationError(f"conversation ends with a {turns[-1]['role']} message, not an assistant message")
+    if messages[0].role != "system" and (default_system_prompt is not None or tools):
+        messages.insert(0, Message(role="system", content=default_system_prompt or "", masked=True))
     if tools:
         for number, tool in enumerate(tools):
             check_text(json.dumps(tool, ensure_ascii=False), f"tools schema {number}", forbidden_tokens)
-        messages = _with_tools_in_system_prompt(messages, tools)
+        messages[0] = _with_tools(messages[0], tools)
     return messages
 
 
 def _message(role: str, content: str, calls: Any, index: int, forbidden_tokens: Collection[str]) -> Message:
     if role == "tool":
-        return Message(role="ipython", content=content, masked=True, eot=False)
-    if role != "assistant":
-        return Message(role=role, content=content, masked=True)
-    if not calls:
-        return Message(role="assistant", content=content, masked=False)
+        return Message(role="ipython", content=content, masked=True)
+    if role != "assistant" or not calls:
+        return Message(role=role, content=content, masked=role != "assistant")
     if not isinstance(calls, list):
         raise ConversationError(f"message {index} (assistant) has tool_calls that is not a list: {_short(calls)}")
-    rendered = [_render_call(call, f"message {index} tool call {n}", forbidden_tokens) for n, call in enumerate(calls)]
-    if not content:
-        # torchtune's ipython header/footer put <tool_call> ... </tool_call> around the content.
-        return Message(role="assistant", content=_CALL_SEPARATOR.join(rendered), masked=False, ipython=True, eot=False)
-    # Qwen2.5 puts text before the calls, which torchtune's ipython path cannot express: spell the tags out.
-    calls_text = "".join(f"\n<tool_call>\n{call}\n</tool_call>" for call in rendered)
-    return Message(role="assistant", content=content + calls_text, masked=False, eot=False)
+    rendered = "".join(
+        f"\n<tool_call>\n{_render_call(call, f'message {index} tool call {n}', forbidden_tokens)}\n</tool_call>"
+        for n, call in enumerate(calls)
+    )
+    # The template writes "\n" + content before the calls only when there is content.
+    return Message(role="assistant", content=content + rendered if content else rendered[1:], masked=False)
 
 
 def _render_call(call: Any, where: str, forbidden_tokens: Collection[str]) -> str:
@@ -187,12 +204,9 @@ def _follows_tool_call(turns: Sequence[Mapping[str, Any]], index: int) -> bool:
     return previous >= 0 and turns[previous].get("role") == "assistant" and bool(turns[previous].get("tool_calls"))
 
 
-def _with_tools_in_system_prompt(messages: list[Message], tools: list[Any]) -> list[Message]:
-    has_system = messages[0].role == "system"
-    system = messages[0].text_content if has_system else QWEN_DEFAULT_SYSTEM
+def _with_tools(system: Message, tools: list[Any]) -> Message:
     tool_lines = "".join("\n" + json.dumps(tool, ensure_ascii=False) for tool in tools)
-    prompt = Message(role="system", content=system + _TOOLS_HEADER + tool_lines + _TOOLS_FOOTER, masked=True)
-    return [prompt, *messages[1:]] if has_system else [prompt, *messages]
+    return Message(role="system", content=system.text_content + _TOOLS_HEADER + tool_lines + _TOOLS_FOOTER, masked=True)
 
 
 def _field(row: Mapping[str, Any], key: str) -> list[Any]:

@@ -1,21 +1,31 @@
-"""Messages -> tokens with a per-token context flag, via torchtune's Qwen2.5 ``tokenize_messages``.
+"""Messages -> tokens with a per-token context flag, exactly as Qwen2.5-Instruct's chat template.
 
-``tokenize_messages`` returns one mask value per token, copied from its message's
-``masked`` flag. Tagging the messages with alternating flags makes every message's token
-span visible, so the chat template is never re-implemented here: the tokens are exactly
-torchtune's, and the roles are assigned per span.
+The tokens equal ``AutoTokenizer.apply_chat_template(conversation, tools=...)`` with
+Qwen2.5-Instruct's template (tests/fixtures/qwen2_5_instruct_chat_template.jinja; the
+test renders it with transformers), minus the template's final ``\\n`` after the last
+``<|im_end|>``, which nothing learns from. The one deliberate difference: an assistant
+message is tokenized after its header ``<|im_start|>assistant\\n`` as the model generates
+it, so content that starts with a line break (possibly after spaces) is not merged with
+the header's ``\\n`` as the template's text would be.
+
+torchtune's ``Qwen2_5Tokenizer.tokenize_messages`` is not used: it encodes each message's
+header, content and footer as separate strings, and byte-level BPE merges across those
+joints in the template's single string (for example ``>`` + ``\\n`` between two
+``</tool_response>``/``<tool_response>`` pieces, or ``}`` + ``\\n`` after a tool-call's
+JSON), so its tokens can differ from what the template gives at inference. Here each
+turn's text between ``<|im_start|>`` and ``<|im_end|>`` is encoded as one string; these
+special tokens split the text the same way in the HF tokenizer.
 
 What is trained on (``context == False``): an assistant message's content (tool-call JSON
 and its ``<tool_call>`` tokens included) and the ``<|im_end|>`` that closes it, so the model
-learns to stop (Qwen's own SFT practice; for the final message this is the eos torchtune
-appends). Context: everything else, i.e. system, user and tool messages with their
-template tokens, the newline after an assistant's ``<|im_end|>`` (template glue the model
-never generates) and, unless ``train_on_assistant_header``, ``<|im_start|>assistant\\n``.
+learns to stop (Qwen's own SFT practice; for the final message this is the eos). Context:
+everything else, i.e. system, user and tool turns with their template tokens, the newline
+after an assistant's ``<|im_end|>`` (template glue the model never generates) and, unless
+``train_on_assistant_header``, ``<|im_start|>assistant\\n``.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from torchtune.data import Message
@@ -26,12 +36,16 @@ from focusft.split_decoder import IGNORE_INDEX
 
 @dataclass(frozen=True)
 class TokenizedConversation:
-    """Tokens and context flags of one conversation, with each message's token span."""
+    """Tokens and context flags of one conversation, with each turn's token span.
+
+    A turn is one message, except that consecutive tool outputs (``ipython``) share one
+    user turn, as in the template.
+    """
 
     tokens: list[int]
     context: list[bool]
-    spans: list[tuple[int, int]]  # [start, end) of each message, the final eos in the last one
-    roles: list[str]  # torchtune roles of the messages (tool outputs are "ipython")
+    spans: list[tuple[int, int]]  # [start, end) of each turn, the final eos in the last one
+    roles: list[str]  # torchtune role of each turn (tool outputs are "ipython")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -50,35 +64,37 @@ def tokenize_conversation(
     messages: list[Message], tokenizer: Qwen2_5Tokenizer, *, train_on_assistant_header: bool = False
 ) -> TokenizedConversation:
     """Tokenize a whole conversation (never truncated here) and flag its context tokens."""
-    if tokenizer.max_seq_len is not None:
-        tokenizer = copy.copy(tokenizer)  # truncation is the caller's policy, not the tokenizer's
-        tokenizer.max_seq_len = None
-    tagged = [
-        Message(role=m.role, content=m.content, masked=bool(i % 2), ipython=m.ipython, eot=m.eot)
-        for i, m in enumerate(messages)
-    ]
-    tokens, tags = tokenizer.tokenize_messages(tagged, add_eos=True)
-    spans = _runs(tags)
-    if len(spans) != len(messages):
-        raise ValueError(f"Tokenizer produced {len(spans)} message spans for {len(messages)} messages.")
-    header = [tokenizer.im_start_id, *tokenizer.encode("assistant\n", add_bos=False, add_eos=False)]
-    turn_end = [tokenizer.im_end_id, *tokenizer.encode("\n", add_bos=False, add_eos=False)]
-    context = [True] * len(tokens)
-    for message, (start, end) in zip(messages, spans):
-        if message.role != "assistant":
-            continue
-        if tokens[start : start + len(header)] != header:
-            raise ValueError(
-                "An assistant message does not start with <|im_start|>assistant\\n; FocuSFT's data pipeline "
-                "needs torchtune's Qwen2.5 tokenizer without a prompt_template."
-            )
-        trained_start = start if train_on_assistant_header else start + len(header)
-        trained_end = end - len(turn_end) + 1 if tokens[end - len(turn_end) : end] == turn_end else end
-        context[trained_start:trained_end] = [False] * (trained_end - trained_start)
-    return TokenizedConversation(tokens=tokens, context=context, spans=spans, roles=[m.role for m in messages])
 
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_bos=False, add_eos=False)
 
-def _runs(tags: list[bool]) -> list[tuple[int, int]]:
-    """[start, end) of each maximal run of equal values."""
-    bounds = [0, *(i for i in range(1, len(tags)) if tags[i] != tags[i - 1]), len(tags)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    turns: list[list[Message]] = []
+    for message in messages:
+        if message.role == "ipython" and turns and turns[-1][0].role == "ipython":
+            turns[-1].append(message)
+        else:
+            turns.append([message])
+
+    tokens: list[int] = []
+    context: list[bool] = []
+    spans: list[tuple[int, int]] = []
+    for index, turn in enumerate(turns):
+        start, role = len(tokens), turn[0].role
+        if role == "assistant":
+            header = [tokenizer.im_start_id, *encode("assistant\n")]
+            tokens += header
+            context += [not train_on_assistant_header] * len(header)
+            body = [*encode(turn[0].text_content), tokenizer.im_end_id]
+            tokens += body
+            context += [False] * len(body)
+        else:
+            if role == "ipython":
+                text = "user" + "".join(f"\n<tool_response>\n{m.text_content}\n</tool_response>" for m in turn)
+            else:
+                text = f"{role}\n{turn[0].text_content}"
+            tokens += [tokenizer.im_start_id, *encode(text), tokenizer.im_end_id]
+        if index < len(turns) - 1:
+            tokens += encode("\n")
+        context += [True] * (len(tokens) - len(context))
+        spans.append((start, len(tokens)))
+    return TokenizedConversation(tokens=tokens, context=context, spans=spans, roles=[t[0].role for t in turns])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -47,6 +48,9 @@ def _suite_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label", help="Name of this checkpoint in tables (default: its directory name).")
     parser.add_argument("--output_dir", help="Where report.md/json go (default: eval_results/LABEL-SUITE).")
     parser.add_argument("--reference", action="store_true", help="Add the paper's numbers to report.md.")
+    parser.add_argument(
+        "--log_samples", action="store_true", help="Write every scored sample to lm_eval/<run>_samples_<task>.jsonl."
+    )
     return parser
 
 
@@ -93,10 +97,16 @@ def run_suite_command(argv: list[str]) -> int:
         lm,
         label=label,
         output_dir=output_dir,
-        meta={"suite": args.suite, "backend": args.backend, "checkpoint_dir": checkpoint_dir},
+        meta={
+            "suite": args.suite,
+            "backend": args.backend,
+            "checkpoint_dir": checkpoint_dir,
+            "command": shlex.join(["focusft-eval", *argv]),
+        },
         limit=args.limit,
         apply_chat_template=args.apply_chat_template,
         reference=args.reference,
+        log_samples=args.log_samples,
     )
     print(markdown_table([report], reference=args.reference))
     print(f"Wrote {output_dir / 'report.md'} and {output_dir / 'report.json'}")

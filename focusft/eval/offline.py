@@ -8,8 +8,9 @@ drift from the generator. Lengths are the generator's approximate Qwen2.5 token
 counts (4 characters per token), the same for every model compared.
 
 The prompt is the conversation up to the final answer in the exact Qwen2.5 chat
-format training uses (torchtune's ``tokenize_messages``, tool turns included),
-ending with the assistant header, so run these tasks *without* ``--apply_chat_template``.
+format training uses (:func:`focusft.data.tokenize.tokenize_conversation`, tool turns
+included), ending with the assistant header, so run these tasks *without*
+``--apply_chat_template``. Generation stops at ``<|im_end|>``, the end of an assistant turn.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def _renderer() -> Qwen2_5Tokenizer:
 def render_prompt(messages: list[dict[str, Any]]) -> str:
     """Text of ``messages`` minus the final assistant answer, ending with ``<|im_start|>assistant\\n``.
 
-    Built from torchtune's own tokenization of the conversation, so the prompt is
-    the training format token for token (no second copy of the chat template).
+    Built from the training tokenization of the conversation, so the prompt is the
+    training format token for token (no second copy of the chat template).
     """
     tokenizer = _renderer()
     conversation = tokenize_conversation(to_torchtune_messages(messages), tokenizer)

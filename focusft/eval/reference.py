@@ -1,4 +1,4 @@
-"""The paper's published numbers (DESIGN.md section 7, paper Tables 3, 6, 7, 8), in percent.
+"""The paper's published numbers (docs/DESIGN.md section 7, paper Tables 3, 6, 7, 8), in percent.
 
 Keyed like :class:`focusft.eval.report.Score` rows: ``(task, length)`` -> {method: value}.
 The paper's GPQA result comes from agentic multi-turn rollouts, not lm-eval's

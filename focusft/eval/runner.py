@@ -18,8 +18,9 @@ from lm_eval.tasks import TaskManager
 from lm_eval.utils import handle_non_serializable
 
 from focusft.eval.errors import SuiteError
+from focusft.eval.preflight import hub_unreachable_reason, ruler_length_problem
 from focusft.eval.report import Report, scores_from_results, with_averages, write_report
-from focusft.eval.suites import PAPER_DATA_SOURCES, TASKS_DIR, EvalRun
+from focusft.eval.suites import PAPER_DATA_SOURCES, PAPER_GENERATED_TASKS, TASKS_DIR, EvalRun
 
 
 def is_network_error(err: BaseException) -> bool:
@@ -62,10 +63,56 @@ def load_run(run: EvalRun, model_args: dict[str, Any]) -> tuple[TaskManager, lis
     return manager, tasks, failures
 
 
+def offline_failures(runs: list[EvalRun], reason: str) -> list[str]:
+    """One line per paper task that needs the Hub, naming the lengths it was asked for."""
+    lengths: dict[str, list[str]] = {}
+    for run in runs:
+        for task in run.tasks:
+            if run.builtin and task not in PAPER_GENERATED_TASKS:
+                lengths.setdefault(task, []).extend(run.lengths)
+    return [
+        f"task {task}{' at ' + ', '.join(at) if at else ''} needs network access to download "
+        f"{PAPER_DATA_SOURCES.get(task, 'its dataset')}; {reason}"
+        for task, at in lengths.items()
+    ]
+
+
+def ruler_failures(runs: list[EvalRun], model_args: dict[str, Any]) -> list[str]:
+    """Lines for RULER tasks whose generator cannot reach the run's lengths with the model's tokenizer."""
+    from lm_eval.tasks.ruler.common_utils import get_tokenizer, resolve_tokenizer_name
+
+    failures = []
+    for run in runs:
+        generated = [task for task in run.tasks if task in PAPER_GENERATED_TASKS]
+        if not generated:
+            continue
+        name = resolve_tokenizer_name({**model_args, **run.metadata})
+        if name is None:
+            raise SuiteError("RULER tasks need a tokenizer to size their data: pass --model_args tokenizer=DIR.")
+        tokenizer = get_tokenizer(name)
+        lengths = [int(length) for length in run.metadata["max_seq_lengths"]]
+        for task in generated:
+            problem = ruler_length_problem(task, tokenizer, lengths)
+            if problem:
+                at = ", ".join(run.lengths)
+                failures.append(f"task {task} at {at} cannot be generated with the tokenizer {name}: {problem}")
+    return failures
+
+
 def fetch_suite(runs: list[EvalRun], model_args: dict[str, Any]) -> list[tuple[EvalRun, TaskManager, list[Any]]]:
-    """Build every run's tasks before any model is loaded; raises one :class:`SuiteError` listing all failures."""
+    """Build every run's tasks before any model is loaded; raises one :class:`SuiteError` listing all failures.
+
+    Whether the Hub answers is asked once, up front: without it the tasks that need it
+    fail at once (one line each) instead of each retrying its download.
+    """
+    if any(run.builtin and set(run.tasks) - set(PAPER_GENERATED_TASKS) for run in runs):
+        reason = hub_unreachable_reason()
+        if reason is not None:
+            raise SuiteError("The suite cannot run:\n  " + "\n  ".join(offline_failures(runs, reason)))
     loaded = []
-    failures: list[str] = []
+    failures: list[str] = ruler_failures(runs, model_args)
+    if failures:
+        raise SuiteError("The suite cannot run:\n  " + "\n  ".join(failures))
     for run in runs:
         manager, tasks, run_failures = load_run(run, model_args)
         loaded.append((run, manager, tasks))
@@ -85,8 +132,13 @@ def evaluate_suite(
     limit: float | None = None,
     apply_chat_template: bool = False,
     reference: bool = False,
+    log_samples: bool = False,
 ) -> Report:
-    """Evaluate ``lm`` on every fetched run, save lm-eval's raw results per run and the report of all of them."""
+    """Evaluate ``lm`` on every fetched run, save lm-eval's raw results per run and the report of all of them.
+
+    With ``log_samples``, every scored sample (prompt, output, target, metrics) goes to
+    ``lm_eval/<run>_samples_<task>.jsonl``, one JSON object a line.
+    """
     out = Path(output_dir)
     (out / "lm_eval").mkdir(parents=True, exist_ok=True)
     scores = []
@@ -97,9 +149,12 @@ def evaluate_suite(
             task_manager=manager,
             limit=limit,
             apply_chat_template=apply_chat_template,
-            log_samples=False,
+            log_samples=log_samples,
             bootstrap_iters=1000,
         )
+        for task, samples in (results.pop("samples", None) or {}).items():
+            lines = (json.dumps(sample, default=handle_non_serializable, ensure_ascii=False) for sample in samples)
+            (out / "lm_eval" / f"{run.name}_samples_{task}.jsonl").write_text("".join(f"{line}\n" for line in lines))
         (out / "lm_eval" / f"{run.name}.json").write_text(
             json.dumps(results, indent=2, default=handle_non_serializable)
         )

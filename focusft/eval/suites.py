@@ -23,6 +23,9 @@ PAPER_RULER_LENGTHS = (4096, 8192, 16384)
 PAPER_LONGBENCH_TASKS = ("longbench_hotpotqa", "longbench_multifieldqa_en", "longbench_narrativeqa", "longbench_qasper")
 PAPER_GPQA_TASKS = ("gpqa_diamond_zeroshot",)
 
+# Paper tasks whose data is generated here (RULER's), not downloaded; every other paper task needs the Hub.
+PAPER_GENERATED_TASKS = ("ruler_cwe", "ruler_vt")
+
 # What each paper task fetches at load time, for the message when it cannot.
 PAPER_DATA_SOURCES: dict[str, str] = {
     **dict.fromkeys(PAPER_BABILONG_TASKS, "dataset RMT-team/babilong-1k-samples from the HF hub"),
@@ -49,6 +52,13 @@ class EvalRun:
     tasks: tuple[str, ...]
     metadata: dict[str, Any] = field(default_factory=dict)
     builtin: bool = True
+
+    @property
+    def lengths(self) -> list[str]:
+        """The context lengths this run evaluates (``max_seq_lengths``: "4k", or tokens as 4096 -> "4k")."""
+        value = self.metadata.get("max_seq_lengths")
+        values = [] if value is None else value if isinstance(value, list) else [value]
+        return [f"{v // 1024}k" if isinstance(v, int) and v % 1024 == 0 else str(v) for v in values]
 
 
 def paper_suite(tokenizer_dir: str, only: set[str] | None = None) -> list[EvalRun]:

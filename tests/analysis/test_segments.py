@@ -41,9 +41,9 @@ def test_segments_match_the_message_spans(tokenizer):
     for sink_tokens in (0, 5):
         segments = token_segments(conversation.tokens, tokenizer, sink_tokens)
         assert torch.equal(segments, expected_segments(conversation, sink_tokens))
-    # One turn per message, except the second tool output, which shares its user turn with the first.
-    starts = [start for index, (start, _) in enumerate(conversation.spans) if index != 4]
-    assert turn_starts(conversation.tokens, tokenizer) == starts
+    # One span per turn: the two consecutive tool outputs share one user turn, and so one span.
+    assert conversation.roles.count("ipython") == 2
+    assert turn_starts(conversation.tokens, tokenizer) == [start for start, _ in conversation.spans]
 
 
 def test_a_packed_item_is_measured_on_its_first_document(tokenizer):

@@ -223,6 +223,7 @@ def test_config_instantiates_the_builders(tmp_path, tokenizer):
           train_on_assistant_header: false
           on_bad_row: error
           packed: true
+          default_system_prompt: null
         synthetic:
           _component_: focusft.data.synthetic_dataset
           task: qa1

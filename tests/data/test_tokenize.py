@@ -13,7 +13,7 @@ import torch
 
 from focusft.batch import prepare_batch
 from focusft.data.collate import collate_focus_batch
-from focusft.data.messages import openai_to_messages, sharegpt_to_messages
+from focusft.data.messages import QWEN_DEFAULT_SYSTEM, openai_to_messages, sharegpt_to_messages
 from focusft.data.tokenize import tokenize_conversation
 from focusft.masks import dense_mask
 from focusft.tiny import load_tiny_tokenizer
@@ -108,16 +108,7 @@ def test_only_assistant_output_and_its_im_end_are_trained(tokenizer, train_on_he
     tokens, context = expected(tokenizer, PIECES, train_on_header)
     assert conversation.tokens == tokens
     assert conversation.context == context
-    assert conversation.roles == [
-        "system",
-        "user",
-        "assistant",
-        "ipython",
-        "ipython",
-        "assistant",
-        "ipython",
-        "assistant",
-    ]
+    assert conversation.roles == ["system", "user", "assistant", "ipython", "assistant", "ipython", "assistant"]
     sample = conversation.as_sample()
     assert sample["labels"] == [-100 if c else t for t, c in zip(tokens, context)]
 
@@ -175,10 +166,14 @@ def test_a_tokenizer_with_max_seq_len_does_not_truncate(tokenizer, tokenizer_dir
     assert truncating.max_seq_len == 8
 
 
-# Segments of [user "Hi", assistant "Yo", user "Ok", assistant "No"] and the mask between them:
+# Segments of [user "Hi", assistant "Yo", user "Ok", assistant "No"] (after Qwen2.5's default system turn)
+# and the mask between them:
 # "full" = every key visible, "causal" = keys up to the query, "none" = nothing (but itself).
 SEGMENTS = [
-    ("C", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+    (
+        "C",
+        f"<|im_start|>system\n{QWEN_DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+    ),
     ("T", "Yo<|im_end|>"),
     ("C", "\n<|im_start|>user\nOk<|im_end|>\n<|im_start|>assistant\n"),
     ("T", "No<|im_end|>"),

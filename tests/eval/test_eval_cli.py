@@ -5,9 +5,11 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lm_eval
+import pytest
 
 from focusft.eval.cli import main
 from focusft.eval.suites import (
@@ -43,8 +45,21 @@ def _suite(tiny_dir, out, *extra):
 
 
 def test_offline_suite_reports_and_comparison(tiny_dir, tmp_path, capsys):
-    assert _suite(tiny_dir, tmp_path / "a", "--label", "sft", "--batch_size", "2") == 0
+    assert _suite(tiny_dir, tmp_path / "a", "--label", "sft", "--batch_size", "2", "--log_samples", "--reference") == 0
+    assert "No published paper numbers for these tasks" in capsys.readouterr().out
     assert _suite(tiny_dir, tmp_path / "b", "--label", "hf", "--backend", "hf", "--model_args", "dtype=float32") == 0
+    markdown = (tmp_path / "a" / "report.md").read_text()
+    assert f"- checkpoint: {Path(tiny_dir).resolve()}" in markdown and "- backend: focusft" in markdown
+    assert "- command: `focusft-eval --suite offline --checkpoint_dir" in markdown and "- date: 20" in markdown
+    assert "| sft | 0.0 ± 0.0 (n=2) |" in markdown.split("### focusft_qa1 (exact_match, %)")[1]
+    assert "| sft | 0.0 ± 0.0 (n=4) |" in markdown.split("### focusft_avg (exact_match, %)")[1]
+    assert "No published paper numbers for these tasks" in markdown
+    # --log_samples: every scored sample, with the generated text and the target.
+    for task in ("focusft_qa1_512", "focusft_tool_512"):
+        lines = (tmp_path / "a" / "lm_eval" / f"offline_512_samples_{task}.jsonl").read_text().splitlines()
+        samples = [json.loads(line) for line in lines]
+        assert len(samples) == 2 and all(s["target"] == s["doc"]["answer"] and "resps" in s for s in samples)
+    assert "samples" not in json.loads((tmp_path / "a" / "lm_eval" / "offline_512.json").read_text())
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert {(s["task"], s["length"]) for s in report["scores"]} == {
         ("focusft_qa1", "512"),
@@ -57,7 +72,7 @@ def test_offline_suite_reports_and_comparison(tiny_dir, tmp_path, capsys):
     assert main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--output_dir", str(tmp_path / "cmp")]) == 0
     table = capsys.readouterr().out
     # Both backends generate the same answers, so every delta is zero.
-    assert "| Δ hf − sft | +0.0 |" in table
+    assert "| Δ hf − sft | +0.0 ± 0.0 |" in table
     assert (tmp_path / "cmp" / "comparison.md").is_file()
 
 
@@ -87,11 +102,53 @@ def test_bad_checkpoint_is_one_clear_line(tmp_path, capsys):
     assert f"{tmp_path / 'config.json'}: field 'model_type' is 'llama'" in err and "Traceback" not in err
 
 
-def test_paper_suite_without_network_fails_with_a_clear_message(tiny_dir, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+PAPER_DOWNLOADS = [*PAPER_BABILONG_TASKS, "niah_multivalue", *PAPER_LONGBENCH_TASKS, *PAPER_GPQA_TASKS]
+
+
+def _paper_suite_offline(tiny_dir, tmp_path, env, *extra):
     command = [sys.executable, "-m", "focusft.eval.cli", "--suite", "paper", "--checkpoint_dir", str(tiny_dir)]
-    command += ["--tasks", "longbench_qasper", "--device", "cpu", "--output_dir", str(tmp_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
+    command += ["--device", "cpu", "--output_dir", str(tmp_path), *extra]
+    start = time.monotonic()
+    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    return done, time.monotonic() - start
+
+
+@pytest.mark.parametrize(
+    "env, reason",
+    [
+        ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+        ({"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}, "http://127.0.0.1:9 is unreachable"),
+    ],
+)
+def test_paper_suite_without_network_fails_fast_with_one_line_per_task(tiny_dir, tmp_path, env, reason):
+    done, seconds = _paper_suite_offline(tiny_dir, tmp_path, env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = [line.strip() for line in done.stderr.splitlines() if line.startswith("  task ")]
+    assert [line.split()[1] for line in lines] == PAPER_DOWNLOADS
+    assert all(line.endswith(reason) or reason in line for line in lines)
+    assert "task babilong_qa3 at 4k, 8k, 16k, 32k needs network access" in done.stderr
+    assert "task niah_multivalue at 4k, 8k, 16k needs network access" in done.stderr
     assert "task longbench_qasper needs network access to download dataset Xnhyacinth/LongBench" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert seconds < 60, f"took {seconds:.0f} s"  # about 10 s on a busy 2-core machine, most of it imports
+
+
+def test_ruler_data_the_tokenizer_cannot_reach_is_one_clear_line(tiny_dir, tmp_path):
+    done, seconds = _paper_suite_offline(tiny_dir, tmp_path, {}, "--tasks", "ruler_vt,ruler_cwe")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"task ruler_vt at 4k, 8k, 16k cannot be generated with the tokenizer {tiny_dir}" in done.stderr
+    assert "smallest in-context example, over the 500 lm-eval allows" in done.stderr
+    assert "ruler_cwe" not in done.stderr  # cwe fits at these lengths
+    assert seconds < 60
+
+
+def test_suite_console_has_no_third_party_noise_outside_a_git_repository(tiny_dir, tmp_path):
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "focusft.eval.cli", "--suite", "offline", "--checkpoint_dir", str(tiny_dir)]
+    command += ["--lengths", "512", "--tasks", "qa1", "--num_samples", "1", "--device", "cpu", "--output_dir", "out"]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    for noise in ("fatal: not a git repository", "Skipping import of cpp extensions", "Custom kwargs can be passed"):
+        assert noise not in console
+    assert json.loads((tmp_path / "out" / "lm_eval" / "offline_512.json").read_text())["git_hash"] is None

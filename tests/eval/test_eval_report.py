@@ -1,6 +1,7 @@
 """Result tables: lm-eval results -> scores per (task, length), averages, comparisons with deltas and paper rows."""
 
 import json
+import math
 
 import pytest
 
@@ -37,6 +38,7 @@ OFFLINE = {
         "focusft_offline_512": {"exact_match,none": 0.5},
     },
     "groups": {"focusft_offline_512": {}},
+    "n-samples": {"focusft_qa1_512": {"original": 10, "effective": 4}},
 }
 
 
@@ -48,25 +50,39 @@ def test_scores_take_each_familys_metric_and_length():
     ]
     assert scores_from_results(LONGBENCH) == [Score("longbench_qasper", "", "qa_f1_score", 0.25, 0.02)]
     assert scores_from_results(OFFLINE) == [
-        Score("focusft_qa1", "512", "exact_match", 0.5, 0.1),
+        Score("focusft_qa1", "512", "exact_match", 0.5, 0.1, n=4),
         Score("focusft_tool", "2k", "exact_match", 1.0),
     ]
+    # RULER: the same number of samples per length, known only when no --limit cut the run.
+    ruler = {**RULER, "n-samples": {"ruler_cwe": {"original": 30, "effective": 30}}}
+    assert [s.n for s in scores_from_results(ruler)] == [10, 10]
+    ruler["n-samples"]["ruler_cwe"]["effective"] = 12
+    assert [s.n for s in scores_from_results(ruler)] == [None, None]
 
 
 def test_averages_need_every_task_at_that_length():
     scores = with_averages(scores_from_results(BABILONG_4K) + scores_from_results(_babilong("8k", count=4)))
     averages = [s for s in scores if s.task == "babilong_avg"]
-    assert averages == [Score("babilong_avg", "4k", "acc", pytest.approx(0.3))]
+    assert [(s.length, s.value) for s in averages] == [("4k", pytest.approx(0.3))]
+
+
+def test_averages_carry_the_standard_error_of_a_mean_and_the_total_count():
+    results = {**BABILONG_4K, "n-samples": {t: {"original": 20, "effective": 20} for t in BABILONG_4K["results"]}}
+    (average,) = [s for s in with_averages(scores_from_results(results)) if s.task == "babilong_avg"]
+    # Mean of 5 independent scores, each with standard error 0.01: sqrt(5 * 0.01^2) / 5.
+    assert average.stderr == pytest.approx(0.01 / math.sqrt(5)) and average.n == 100
 
 
 def test_comparison_table_has_deltas_and_paper_rows(tmp_path):
     sft = Report("sft", with_averages(scores_from_results(BABILONG_4K)), {})
-    focus = Report("focusft", [Score(s.task, s.length, s.metric, s.value + 0.1) for s in sft.scores], {})
+    focus = Report("focusft", [Score(s.task, s.length, s.metric, s.value + 0.1, 0.02, 50) for s in sft.scores], {})
     table = markdown_table([sft, focus], reference=True)
+    section = table.split("### babilong_qa2 (acc, %)")[1].split("###")[0]
+    assert "| sft | 20.0 ± 1.0 |" in section  # no sample count in the results: none shown
+    assert "| focusft | 30.0 ± 2.0 (n=50) |" in section
+    assert f"| Δ focusft − sft | +10.0 ± {100 * math.sqrt(0.01**2 + 0.02**2):.1f} |" in section
     section = table.split("### babilong_avg (acc, %)")[1].split("###")[0]
-    assert "| sft | 30.0 |" in section
-    assert "| focusft | 40.0 |" in section
-    assert "| Δ focusft − sft | +10.0 |" in section
+    assert "| sft | 30.0 ± 0.4 |" in section and "| focusft | 40.0 ± 2.0 (n=50) |" in section
     assert "| paper: SFT | 70.2 |" in section and "| paper: FocuSFT | 84.4 |" in section
     assert "paper:" not in markdown_table([sft, focus])
     # Reports round-trip through JSON; raw lm-eval results files are read too.
@@ -74,3 +90,11 @@ def test_comparison_table_has_deltas_and_paper_rows(tmp_path):
     assert load_report(tmp_path).scores == focus.scores
     (tmp_path / "results.json").write_text(json.dumps(OFFLINE))
     assert load_report(tmp_path / "results.json", label="raw").label == "raw"
+
+
+def test_reference_without_published_numbers_says_so():
+    offline = Report("tiny", with_averages(scores_from_results(OFFLINE)), {})
+    assert "No published paper numbers for these tasks" in markdown_table([offline], reference=True)
+    assert "No published paper numbers" not in markdown_table([offline])
+    babilong = Report("sft", scores_from_results(BABILONG_4K), {})
+    assert "No published paper numbers" not in markdown_table([babilong], reference=True)
