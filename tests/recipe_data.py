@@ -19,10 +19,13 @@ FACTS = [
 ]
 
 
-def memorisation_dataset(tokenizer, num_samples: int = 8, story_repeats: int = 3, packed: bool = False) -> list[dict]:
+def memorisation_dataset(
+    tokenizer, num_samples: int = 8, story_repeats: int = 3, packed: bool = False, sample_indices: bool = True
+) -> list[dict]:
     """Samples with a system prompt, a story, a question and the answer to memorise.
 
     ``packed``: two samples per row (rows of twice the longest sample), in order.
+    ``sample_indices=False``: items without ``sample_index``, as a custom dataset might be.
     """
     samples = []
     for index in range(num_samples):
@@ -39,7 +42,7 @@ def memorisation_dataset(tokenizer, num_samples: int = 8, story_repeats: int = 3
                 "tokens": tokens,
                 "labels": [IGNORE_INDEX if m else t for t, m in zip(tokens, masked)],
                 "context": list(masked),
-                "sample_index": [index],
+                **({"sample_index": [index]} if sample_indices else {}),
             }
         )
     if packed:
