@@ -1,15 +1,17 @@
 """The FocuSFT attention mask: bidirectional inside context turns, causal elsewhere.
 
-One ``mask_mod`` defines the mask (DESIGN.md section 2). It is materialised either
+One ``mask_mod`` defines the mask (docs/DESIGN.md section 2). It is materialised either
 as a FlexAttention ``BlockMask`` (GPU: no S x S tensor) or as a dense bool
 ``[b, s, s]`` tensor (CPU, where FlexAttention has no backward). torchtune's
-``TransformerDecoder.forward(mask=...)`` accepts both.
+``TransformerDecoder.forward(mask=...)`` accepts both, and ``None``: the attention
+kernel's own causal mask, which :func:`build_mask` returns where it is the same mask.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal, get_args
 
 import torch
@@ -18,7 +20,10 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 MaskMode = Literal["bidir_context", "causal"]
 MASK_MODES: tuple[str, ...] = get_args(MaskMode)
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-AttentionMask = torch.Tensor | BlockMask
+AttentionMask = torch.Tensor | BlockMask | None
+# Sequence lengths are padded to a multiple of this for the BlockMask (its block size), so
+# that FlexAttention sees whole blocks and fewer distinct shapes.
+LENGTH_MULTIPLE = 128
 
 
 def check_mask_mode(mode: str) -> None:
@@ -101,12 +106,38 @@ def dense_mask(layout: TokenLayout, mode: MaskMode) -> torch.Tensor:
     return focus_mask_mod(layout, mode)(batch, torch.zeros((), dtype=torch.long, device=device), q, k)
 
 
-def block_mask(layout: TokenLayout, mode: MaskMode, block_size: int = 128) -> BlockMask:
-    """FlexAttention ``BlockMask`` of the same ``mask_mod``."""
+@cache
+def _compiled_create_block_mask() -> Callable[..., BlockMask]:
+    return torch.compile(create_block_mask)
+
+
+def block_mask(layout: TokenLayout, mode: MaskMode, block_size: int = 128, compile: bool | None = None) -> BlockMask:
+    """FlexAttention ``BlockMask`` of the same ``mask_mod``.
+
+    Compiled (the default on GPUs), ``create_block_mask`` evaluates the ``mask_mod``
+    block by block; eagerly it first builds the full ``[b, 1, s, s]`` bool mask (4 GB at
+    64K tokens). Dynamo compiles once more after the first new sequence length and
+    then treats lengths as dynamic.
+    """
     b, s = layout.shape
-    return create_block_mask(
-        focus_mask_mod(layout, mode), b, None, s, s, device=layout.context.device, BLOCK_SIZE=block_size
-    )
+    device = layout.context.device
+    if compile is None:
+        compile = device.type == "cuda"
+    create = _compiled_create_block_mask() if compile else create_block_mask
+    return create(focus_mask_mod(layout, mode), b, None, s, s, device=device, BLOCK_SIZE=block_size)
+
+
+def is_plain_causal(layout: TokenLayout) -> bool:
+    """Whether the causal mode's mask equals the standard causal mask on every valid query.
+
+    True when each row is one document followed only by padding: a valid query then
+    sees exactly the keys at or before it, and padding queries are never trained on.
+    One host sync.
+    """
+    valid, doc = layout.valid, layout.doc
+    prefix = (valid[:, 1:] <= valid[:, :-1]).all()
+    one_doc = ((doc == doc[:, :1]) | ~valid).all()
+    return bool(prefix & one_doc)
 
 
 def document_positions(doc: torch.Tensor) -> torch.Tensor:
@@ -120,7 +151,15 @@ def document_positions(doc: torch.Tensor) -> torch.Tensor:
 
 
 def build_mask(layout: TokenLayout, mode: MaskMode, kind: Literal["dense", "block"]) -> AttentionMask:
-    """The mask for one micro-batch, in the representation the attention kernel needs."""
+    """The mask for one micro-batch, in the representation the attention kernel needs.
+
+    ``None`` for the causal mode on rows of one unpacked document each: torchtune then
+    calls SDPA with ``is_causal=True``, whose fused kernels need no ``[b, s, s]`` tensor
+    (with a dense mask, CPU SDPA falls back to a slower path). Losses are unchanged.
+    """
+    check_mask_mode(mode)
+    if mode == "causal" and is_plain_causal(layout):
+        return None
     if kind == "dense":
         return dense_mask(layout, mode)
     if kind == "block":
