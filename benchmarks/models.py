@@ -51,9 +51,8 @@ def build_model(preset: Preset, device: torch.device | str, dtype: torch.dtype, 
     with training.set_default_dtype(dtype), torch.device(device):
         model = preset.build()
     if str(device) != "meta":
-        # torchtune initialises some weights to zero or one; scale everything like a trained model.
-        with torch.no_grad():
-            for name, p in model.named_parameters():
+        with torch.no_grad():  # embeddings and projections at the scale of a trained model's
+            for p in model.parameters():
                 if p.dim() >= 2:
                     p.normal_(0.0, 0.02)
     return model
