@@ -36,6 +36,7 @@ from focusft.checkpointing import CheckpointManager
 from focusft.config import ConfigError, FocusConfig, check_input_files, check_training_values
 from focusft.data import LengthGroupedSampler
 from focusft.fast_weights import attach_fast_weight_slots
+from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
 
@@ -149,7 +150,14 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         with training.set_default_dtype(self.dtype), torch.device("meta"):
             decoder = config.instantiate(cfg.model)
         slots = attach_fast_weight_slots(decoder, self.focus.fast_weights)
-        model = SplitDecoder(decoder, slots, activation_checkpointing=cfg.get("enable_activation_checkpointing", False))
+        model = SplitDecoder(
+            decoder,
+            slots,
+            activation_checkpointing=cfg.get("enable_activation_checkpointing", False),
+            inner_activation_checkpointing=cfg.get("enable_inner_activation_checkpointing", False),
+        )
+        if self.mask_kind == "block":
+            compile_flex_attention_for_all_lengths()
         if cfg.get("compile", False):
             # Per layer, like torchtune's compile_model, but with dynamic shapes from the start: an
             # automatic static->dynamic recompile between a layer's forward and its activation-
