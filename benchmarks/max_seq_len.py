@@ -46,6 +46,7 @@ def try_length(model: SplitDecoder, slots, preset, seq_len: int, inner_ac: bool,
         input_pos=document_positions(layout.doc),
         mask_kind="block" if device.type == "cuda" else "dense",
         activation_checkpointing=True,
+        dtype=next(model.parameters()).dtype,
     )
     step = make_step(setting, "FocuSFT", seed=seq_len)
     outcome = {"seq_len": seq_len, "inner_activation_checkpointing": inner_ac}

@@ -80,6 +80,7 @@ class Setting:
     input_pos: torch.Tensor
     mask_kind: str
     activation_checkpointing: bool
+    dtype: torch.dtype
 
 
 def synchronize(device: torch.device) -> None:
@@ -95,7 +96,7 @@ def make_step(setting: Setting, variant: str, seed: int) -> Callable[..., None]:
 
     def optimised(optimize: bool = True) -> None:
         s.optimizer.zero_grad(set_to_none=True)
-        mask = build_mask(s.layout, attention, s.mask_kind)
+        mask = build_mask(s.layout, attention, s.mask_kind, dtype=s.dtype)
         result = bilevel_step(
             model,
             slots,
@@ -112,7 +113,7 @@ def make_step(setting: Setting, variant: str, seed: int) -> Callable[..., None]:
 
     def straightforward(optimize: bool = True) -> None:
         s.optimizer.zero_grad(set_to_none=True)
-        mask = build_mask(s.layout, attention, s.mask_kind)
+        mask = build_mask(s.layout, attention, s.mask_kind, dtype=s.dtype)
         lora = lora_from_fast_weights(slots.init(torch.Generator().manual_seed(seed), device=device))
         straightforward_focusft_step(
             model.decoder,
@@ -156,7 +157,7 @@ def breakdown(setting: Setting, seed: int) -> list[tuple[str, float]]:
     try:
         s.optimizer.zero_grad(set_to_none=True)
         mark("begin")
-        mask = build_mask(s.layout, "bidir_context", s.mask_kind)
+        mask = build_mask(s.layout, "bidir_context", s.mask_kind, dtype=s.dtype)
         mark("mask end")
         result = bilevel_step(
             s.model,
@@ -227,6 +228,7 @@ def run_cell(args, preset: Preset, model: SplitDecoder, slots, seq_len: int, ac:
         input_pos=document_positions(layout.doc),
         mask_kind="block" if device.type == "cuda" else "dense",
         activation_checkpointing=ac != "off",
+        dtype=next(model.parameters()).dtype,
     )
     steps = {v: make_step(setting, v, seed=seq_len) for v in args.variants}
     cell = {v: Measurement() for v in args.variants}

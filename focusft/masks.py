@@ -150,18 +150,32 @@ def document_positions(doc: torch.Tensor) -> torch.Tensor:
     return index - start_index
 
 
-def build_mask(layout: TokenLayout, mode: MaskMode, kind: Literal["dense", "block"]) -> AttentionMask:
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``0`` where ``mask`` allows attention, ``-inf`` elsewhere, in the activations' dtype.
+
+    SDPA converts a bool mask to this form on every call and keeps each copy for the
+    backward pass (one ``[b, s, s]`` tensor per layer and pass); given it once, every
+    layer shares it. The softmax is the same: no row is empty (``q == k`` is allowed).
+    """
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def build_mask(
+    layout: TokenLayout, mode: MaskMode, kind: Literal["dense", "block"], dtype: torch.dtype | None = None
+) -> AttentionMask:
     """The mask for one micro-batch, in the representation the attention kernel needs.
 
     ``None`` for the causal mode on rows of one unpacked document each: torchtune then
-    calls SDPA with ``is_causal=True``, whose fused kernels need no ``[b, s, s]`` tensor
-    (with a dense mask, CPU SDPA falls back to a slower path). Losses are unchanged.
+    calls SDPA with ``is_causal=True``, whose kernels skip the masked half instead of
+    computing all ``s × s`` scores. Losses are unchanged. A dense mask is additive in
+    ``dtype`` when that is given (see :func:`additive_mask`), else bool.
     """
     check_mask_mode(mode)
     if mode == "causal" and is_plain_causal(layout):
         return None
     if kind == "dense":
-        return dense_mask(layout, mode)
+        mask = dense_mask(layout, mode)
+        return additive_mask(mask, dtype) if dtype is not None else mask
     if kind == "block":
         return block_mask(layout, mode)
     raise ValueError(f"Unknown mask kind {kind!r}; expected 'dense' or 'block'.")

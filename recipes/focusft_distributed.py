@@ -247,7 +247,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
 
     def _micro_batch(self, batch: dict[str, torch.Tensor], accumulation_index: int, stats: torch.Tensor) -> None:
         mb = prepare_batch(batch, self.device)
-        mask = build_mask(mb.layout, self.focus.attention, self.mask_kind)
+        mask = build_mask(mb.layout, self.focus.attention, self.mask_kind, dtype=self.dtype)
         micro_batch = accumulation_index * self.world_size + self.rank
         generator = torch.Generator().manual_seed(fast_weight_seed(self.seed, self.global_step, micro_batch))
         result = bilevel_step(

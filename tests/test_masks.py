@@ -216,3 +216,24 @@ def test_compiled_block_mask_equals_eager_block_mask():
     for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
         assert torch.equal(getattr(compiled, name), getattr(eager, name)), name
     assert torch.equal(compiled.to_dense(), eager.to_dense())
+
+
+@pytest.mark.parametrize("mode", ["bidir_context", "causal"])
+def test_additive_dense_mask_gives_the_same_losses_and_gradients_as_the_bool_mask(mode):
+    layout = random_layout(2, 40, torch.Generator().manual_seed(4))
+    tokens = torch.randint(0, 500, layout.shape, generator=torch.Generator().manual_seed(5))
+    labels = torch.where(layout.valid & ~layout.context, tokens, -100).roll(-1, dims=1)
+    pos = document_positions(layout.doc)
+    additive = build_mask(layout, mode, "dense", dtype=torch.float32)
+    assert additive.dtype == torch.float32 and torch.equal(additive == 0, dense_mask(layout, mode))
+    results = []
+    for mask in (additive, dense_mask(layout, mode)):
+        model = seeded_tiny_qwen2_5(0)
+        logits = model(tokens, mask=mask, input_pos=pos)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss.backward()
+        results.append((loss, [p.grad for p in model.parameters()]))
+    (loss, grads), (ref_loss, ref_grads) = results
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-6)
