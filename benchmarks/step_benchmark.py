@@ -57,13 +57,22 @@ MEMORY_TARGET = 1.15
 
 @dataclass
 class Measurement:
-    times: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # wall-clock seconds per step
+    cpu_times: list[float] = field(default_factory=list)  # CPU seconds of this process per step
     memory: int | None = None  # bytes of peak growth during one step
     error: str | None = None
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+    def cost(self, device: torch.device) -> float:
+        """What ratios compare: wall time on a GPU; on a CPU, this process's CPU time.
+
+        With one torch thread, CPU time leaves out the time slices other processes of a
+        shared machine take, which wall time cannot.
+        """
+        return statistics.median(self.cpu_times if device.type == "cpu" else self.times)
 
 
 @dataclass
@@ -134,12 +143,13 @@ def make_step(setting: Setting, variant: str, seed: int) -> Callable[..., None]:
     return straightforward if variant == "FocuSFT straightforward" else optimised
 
 
-def timed(step: Callable[[], None], device: torch.device) -> float:
+def timed(step: Callable[[], None], device: torch.device) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one step."""
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     step()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def breakdown(setting: Setting, seed: int) -> list[tuple[str, float]]:
@@ -245,7 +255,9 @@ def run_cell(args, preset: Preset, model: SplitDecoder, slots, seq_len: int, ac:
     for round_index in range(repeats):
         order = live[round_index % len(live) :] + live[: round_index % len(live)] if live else []
         for variant in order:
-            cell[variant].times.append(timed(steps[variant], device))
+            wall, cpu = timed(steps[variant], device)
+            cell[variant].times.append(wall)
+            cell[variant].cpu_times.append(cpu)
         print(f"[{label}] round {round_index + 1}/{repeats}", file=sys.stderr, flush=True)
     if not args.no_memory:  # mask, forward and backward (gradients included); the optimizer is the same for all
         for variant in live:
@@ -258,13 +270,18 @@ def run_cell(args, preset: Preset, model: SplitDecoder, slots, seq_len: int, ac:
 
 def report(args, preset: Preset, fraction: float, results) -> str:
     """Markdown tables of the measurements, the cost model beside them, and the targets."""
+    device = torch.device(preset.device)
+    on_cpu = device.type == "cpu"
     lines = [
         f"### Step benchmark: preset `{preset.name}`, {preset.dtype}, K={args.inner_steps}, "
         f"adapted layer fraction f={fraction:.3f}",
         "",
-        "| length | AC | variant | median s/step | spread (min–max) | tokens/s | peak memory growth* | "
-        "time / SFT | memory / SFT | cost model |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| length | AC | variant | median s/step | spread (min–max) | "
+        + ("CPU s/step | " if on_cpu else "")
+        + "tokens/s | peak memory growth* | "
+        + ("CPU time / SFT" if on_cpu else "time / SFT")
+        + " | memory / SFT | cost model |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if on_cpu else ""),
     ]
     checks: list[tuple[str, float, float]] = []
     for (seq_len, ac), cell in ((k, v) for k, v in results.items() if k[0] != "breakdown"):
@@ -274,9 +291,9 @@ def report(args, preset: Preset, fraction: float, results) -> str:
         for variant in args.variants:
             m = cell[variant]
             if m.error:
-                lines.append(f"| {seq_len} | {ac} | {variant} | {m.error} | | | | | | |")
+                lines.append(f"| {seq_len} | {ac} | {variant} | {m.error} | | | | | | |" + (" |" if on_cpu else ""))
                 continue
-            ratio = m.median / base.median if base else float("nan")
+            ratio = m.cost(device) / base.cost(device) if base else float("nan")
             mem_ratio = m.memory / base.memory if base and base.memory and m.memory is not None else float("nan")
             memory = f"{m.memory / 2**20:.1f} MiB" if m.memory is not None else "–"
             predicted = ""
@@ -284,14 +301,18 @@ def report(args, preset: Preset, fraction: float, results) -> str:
                 predicted = f"{model:.3f} (measured {ratio - model:+.3f})"
             lines.append(
                 f"| {seq_len} | {ac} | {variant} | {m.median:.4f} | "
-                f"{min(m.times):.4f}–{max(m.times):.4f} | {seq_len / m.median:,.0f} | {memory} | "
+                f"{min(m.times):.4f}–{max(m.times):.4f} | "
+                + (f"{m.cost(device):.4f} | " if on_cpu else "")
+                + f"{seq_len / m.median:,.0f} | {memory} | "
                 f"{ratio:.3f}× | {mem_ratio:.3f}× | {predicted} |"
             )
         focus = cell.get("FocuSFT")
         if focus and not focus.error and base:
             time_limit = {"on": TIME_TARGET_AC_ON.get(preset.name, TIME_TARGET_AC_ON_GPU), "off": TIME_TARGET_AC_OFF}
             if ac in time_limit:  # the issue sets no time target for checkpointed inner passes
-                checks.append((f"{seq_len}, AC {ac}: FocuSFT / SFT time", focus.median / base.median, time_limit[ac]))
+                checks.append(
+                    (f"{seq_len}, AC {ac}: FocuSFT / SFT time", focus.cost(device) / base.cost(device), time_limit[ac])
+                )
             if focus.memory is not None and base.memory:
                 checks.append(
                     (
@@ -305,7 +326,7 @@ def report(args, preset: Preset, fraction: float, results) -> str:
                 checks.append(
                     (
                         f"{seq_len}, AC {ac}: FocuSFT / straightforward time",
-                        focus.median / slow.median,
+                        focus.cost(device) / slow.cost(device),
                         STRAIGHTFORWARD_TARGET,
                     )
                 )
@@ -317,7 +338,13 @@ def report(args, preset: Preset, fraction: float, results) -> str:
         lines += [f"| {name} | {t:.4f} | {t / total:.0%} |" for name, t in parts]
     lines += [
         "",
-        "*Peak memory above what was allocated before the step, over mask, forward and backward (gradients "
+        (
+            "Time ratios compare this process's CPU time per step (one torch thread), which leaves out time "
+            "taken by other processes of a shared machine; wall times are shown beside it. "
+            if on_cpu
+            else ""
+        )
+        + "*Peak memory above what was allocated before the step, over mask, forward and backward (gradients "
         "included; the optimizer step, the same for every variant, left out). CPU: live tensor storages "
         "(benchmarks/memory.py); CUDA: max_memory_allocated.",
     ]
