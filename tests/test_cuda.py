@@ -6,6 +6,7 @@ path with the dense-mask SDPA path the CPU tests already check against brute for
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,18 +124,13 @@ def test_new_sequence_lengths_do_not_recompile_flex_attention_each_time():
 
 
 def run_recipe(base: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torchtune._cli.tune",
-        "run",
-        "--nproc_per_node",
-        "1",
-        "recipes/focusft_distributed.py",
-    ]
-    args = ["--config", "configs/tiny/focusft_cpu.yaml", f"base_dir={base}", f"output_dir={out}", "device=cuda"]
-    args += ["dtype=bf16", "max_steps_per_epoch=3", "epochs=1", "metric_logger.filename=metrics.txt", *overrides]
-    return subprocess.run([*cmd, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    """``tune run`` of the recipe on one GPU, on the tiny config; the child imports this checkout."""
+    cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", "--standalone", "--nproc_per_node", "1"]
+    cmd += ["recipes/focusft_distributed.py", "--config", "configs/tiny/focusft_cpu.yaml"]
+    cmd += [f"base_dir={base}", f"output_dir={out}", "device=cuda", "dtype=bf16", "max_steps_per_epoch=3"]
+    cmd += ["epochs=1", "metric_logger.filename=metrics.txt", *overrides]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("compile_model", [False, True])
