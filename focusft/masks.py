@@ -1,8 +1,8 @@
 """The FocuSFT attention mask: bidirectional inside context turns, causal elsewhere.
 
 One ``mask_mod`` defines the mask (docs/DESIGN.md section 2). It is materialised either
-as a FlexAttention ``BlockMask`` (GPU: no S x S tensor) or as a dense bool
-``[b, s, s]`` tensor (CPU, where FlexAttention has no backward). torchtune's
+as a FlexAttention ``BlockMask`` (GPU: no S x S tensor) or as a dense ``[b, s, s]``
+tensor, bool or additive (CPU, where FlexAttention has no backward). torchtune's
 ``TransformerDecoder.forward(mask=...)`` accepts both, and ``None``: the attention
 kernel's own causal mask, which :func:`build_mask` returns where it is the same mask.
 """
