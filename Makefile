@@ -30,5 +30,5 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check focusft recipes tests
-	$(VENV)/bin/ruff format --check focusft recipes tests
+	$(VENV)/bin/ruff check focusft recipes tests benchmarks
+	$(VENV)/bin/ruff format --check focusft recipes tests benchmarks

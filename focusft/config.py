@@ -68,6 +68,7 @@ RECIPE_KEYS: tuple[str, ...] = (
     "device",
     "dtype",
     "enable_activation_checkpointing",
+    "enable_inner_activation_checkpointing",
     "compile",
     "fsdp_reshard_after_forward",
     # checkpoints and logging

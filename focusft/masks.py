@@ -1,15 +1,17 @@
 """The FocuSFT attention mask: bidirectional inside context turns, causal elsewhere.
 
 One ``mask_mod`` defines the mask (docs/DESIGN.md section 2). It is materialised either
-as a FlexAttention ``BlockMask`` (GPU: no S x S tensor) or as a dense bool
-``[b, s, s]`` tensor (CPU, where FlexAttention has no backward). torchtune's
-``TransformerDecoder.forward(mask=...)`` accepts both.
+as a FlexAttention ``BlockMask`` (GPU: no S x S tensor) or as a dense ``[b, s, s]``
+tensor, bool or additive (CPU, where FlexAttention has no backward). torchtune's
+``TransformerDecoder.forward(mask=...)`` accepts both, and ``None``: the attention
+kernel's own causal mask, which :func:`build_mask` returns where it is the same mask.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal, get_args
 
 import torch
@@ -18,7 +20,10 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 MaskMode = Literal["bidir_context", "causal"]
 MASK_MODES: tuple[str, ...] = get_args(MaskMode)
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-AttentionMask = torch.Tensor | BlockMask
+AttentionMask = torch.Tensor | BlockMask | None
+# Sequence lengths are padded to a multiple of this for the BlockMask (its block size), so
+# that FlexAttention sees whole blocks and fewer distinct shapes.
+LENGTH_MULTIPLE = 128
 
 
 def check_mask_mode(mode: str) -> None:
@@ -101,12 +106,38 @@ def dense_mask(layout: TokenLayout, mode: MaskMode) -> torch.Tensor:
     return focus_mask_mod(layout, mode)(batch, torch.zeros((), dtype=torch.long, device=device), q, k)
 
 
-def block_mask(layout: TokenLayout, mode: MaskMode, block_size: int = 128) -> BlockMask:
-    """FlexAttention ``BlockMask`` of the same ``mask_mod``."""
+@cache
+def _compiled_create_block_mask() -> Callable[..., BlockMask]:
+    return torch.compile(create_block_mask)
+
+
+def block_mask(layout: TokenLayout, mode: MaskMode, block_size: int = 128, compile: bool | None = None) -> BlockMask:
+    """FlexAttention ``BlockMask`` of the same ``mask_mod``.
+
+    Compiled (the default on GPUs), ``create_block_mask`` evaluates the ``mask_mod``
+    block by block; eagerly it first builds the full ``[b, 1, s, s]`` bool mask (4 GB at
+    64K tokens). Dynamo compiles once more after the first new sequence length and
+    then treats lengths as dynamic.
+    """
     b, s = layout.shape
-    return create_block_mask(
-        focus_mask_mod(layout, mode), b, None, s, s, device=layout.context.device, BLOCK_SIZE=block_size
-    )
+    device = layout.context.device
+    if compile is None:
+        compile = device.type == "cuda"
+    create = _compiled_create_block_mask() if compile else create_block_mask
+    return create(focus_mask_mod(layout, mode), b, None, s, s, device=device, BLOCK_SIZE=block_size)
+
+
+def is_plain_causal(layout: TokenLayout) -> bool:
+    """Whether the causal mode's mask equals the standard causal mask on every valid query.
+
+    True when each row is one document followed only by padding: a valid query then
+    sees exactly the keys at or before it, and padding queries are never trained on.
+    One host sync.
+    """
+    valid, doc = layout.valid, layout.doc
+    prefix = (valid[:, 1:] <= valid[:, :-1]).all()
+    one_doc = ((doc == doc[:, :1]) | ~valid).all()
+    return bool(prefix & one_doc)
 
 
 def document_positions(doc: torch.Tensor) -> torch.Tensor:
@@ -119,10 +150,32 @@ def document_positions(doc: torch.Tensor) -> torch.Tensor:
     return index - start_index
 
 
-def build_mask(layout: TokenLayout, mode: MaskMode, kind: Literal["dense", "block"]) -> AttentionMask:
-    """The mask for one micro-batch, in the representation the attention kernel needs."""
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``0`` where ``mask`` allows attention, ``-inf`` elsewhere, in the activations' dtype.
+
+    SDPA converts a bool mask to this form on every call and keeps each copy for the
+    backward pass (one ``[b, s, s]`` tensor per layer and pass); given it once, every
+    layer shares it. The softmax is the same: no row is empty (``q == k`` is allowed).
+    """
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def build_mask(
+    layout: TokenLayout, mode: MaskMode, kind: Literal["dense", "block"], dtype: torch.dtype | None = None
+) -> AttentionMask:
+    """The mask for one micro-batch, in the representation the attention kernel needs.
+
+    ``None`` for the causal mode on rows of one unpacked document each: torchtune then
+    calls SDPA with ``is_causal=True``, whose kernels skip the masked half instead of
+    computing all ``s × s`` scores. Losses are unchanged. A dense mask is additive in
+    ``dtype`` when that is given (see :func:`additive_mask`), else bool.
+    """
+    check_mask_mode(mode)
+    if mode == "causal" and is_plain_causal(layout):
+        return None
     if kind == "dense":
-        return dense_mask(layout, mode)
+        mask = dense_mask(layout, mode)
+        return additive_mask(mask, dtype) if dtype is not None else mask
     if kind == "block":
         return block_mask(layout, mode)
     raise ValueError(f"Unknown mask kind {kind!r}; expected 'dense' or 'block'.")

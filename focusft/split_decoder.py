@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchtune import training
 from torchtune.modules import TransformerDecoder, TransformerSelfAttentionLayer
 
 from focusft.fast_weights import FastWeights, FastWeightSlots, run_layer
+from focusft.loss import token_cross_entropy
 from focusft.masks import AttentionMask
 
 IGNORE_INDEX = -100
@@ -31,13 +31,26 @@ class SplitDecoder(nn.Module):
     module wrappers: fast weights are passed with ``functional_call``, and the
     recomputation in the backward pass must see them too, so the checkpointed
     function is the functional call itself.
+
+    ``activation_checkpointing`` covers the trunk and the outer pass. An inner pass
+    (one whose fast weights require grad) is followed at once by its own backward,
+    which needs every activation of the adapted layers: checkpointing it saves
+    memory only at the price of recomputing those layers' forward, so it is a
+    separate switch, ``inner_activation_checkpointing`` (off by default).
     """
 
-    def __init__(self, decoder: TransformerDecoder, slots: FastWeightSlots, activation_checkpointing: bool = False):
+    def __init__(
+        self,
+        decoder: TransformerDecoder,
+        slots: FastWeightSlots,
+        activation_checkpointing: bool = False,
+        inner_activation_checkpointing: bool = False,
+    ):
         super().__init__()
         self.decoder = decoder
         self.split = slots.first_layer
         self.activation_checkpointing = activation_checkpointing
+        self.inner_activation_checkpointing = inner_activation_checkpointing
 
     def forward(self, stage: Literal["trunk", "head"], *args, **kwargs):
         if stage == "trunk":
@@ -80,7 +93,9 @@ class SplitDecoder(nn.Module):
         def run(x: torch.Tensor) -> torch.Tensor:
             return run_layer(layer, x, fast, mask=mask, input_pos=input_pos)
 
-        if self.activation_checkpointing and torch.is_grad_enabled():
+        inner_pass = fast is not None and any(t.requires_grad for t in fast.values())
+        enabled = self.inner_activation_checkpointing if inner_pass else self.activation_checkpointing
+        if enabled and torch.is_grad_enabled():
             return checkpoint(run, h, use_reentrant=False)
         return run(h)
 
@@ -89,11 +104,11 @@ def response_token_losses(decoder: TransformerDecoder, hidden: torch.Tensor, lab
     """fp32 next-token cross-entropy of each position with a label, in row-major order.
 
     Only those positions go through the final norm and the output projection: with a
-    150K vocabulary, context positions' logits would be most of the head's cost.
+    150K vocabulary, context positions' logits would be most of the head's cost. Their
+    logits are made chunk by chunk (:func:`focusft.loss.token_cross_entropy`).
     """
     selected = labels != IGNORE_INDEX
-    logits = decoder.output(decoder.norm(hidden[selected])).float()
-    return F.cross_entropy(logits, labels[selected], reduction="none")
+    return token_cross_entropy(decoder.norm, decoder.output, hidden[selected], labels[selected])
 
 
 def shard_split_decoder(model: SplitDecoder, *, reshard_after_forward: bool = True, cpu_offload: bool = False) -> None:

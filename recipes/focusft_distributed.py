@@ -63,6 +63,7 @@ from focusft.data import LengthGroupedSampler, collate_focus_batch
 from focusft.data.sources import DataError
 from focusft.documents import fast_weight_seed
 from focusft.fast_weights import attach_fast_weight_slots
+from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask
 from focusft.run_guard import REPORTED_ERROR_EXIT_CODE, exit_when_launcher_dies, lock_output_dir
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
@@ -262,7 +263,14 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         with training.set_default_dtype(self.dtype), torch.device("meta"):
             decoder = config.instantiate(cfg.model)
         slots = attach_fast_weight_slots(decoder, self.focus.fast_weights)
-        model = SplitDecoder(decoder, slots, activation_checkpointing=cfg.get("enable_activation_checkpointing", False))
+        model = SplitDecoder(
+            decoder,
+            slots,
+            activation_checkpointing=cfg.get("enable_activation_checkpointing", False),
+            inner_activation_checkpointing=cfg.get("enable_inner_activation_checkpointing", False),
+        )
+        if self.mask_kind == "block":
+            compile_flex_attention_for_all_lengths()
         if cfg.get("compile", False):
             # Per layer, like torchtune's compile_model, but with dynamic shapes from the start: an
             # automatic static->dynamic recompile between a layer's forward and its activation-
@@ -376,7 +384,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
 
     def _micro_batch(self, batch: dict[str, torch.Tensor], epoch: int, stats: torch.Tensor) -> None:
         mb = prepare_batch(batch, self.device, self.focus.fast_weight_scope)
-        mask = build_mask(mb.layout, self.focus.attention, self.mask_kind)
+        mask = build_mask(mb.layout, self.focus.attention, self.mask_kind, dtype=self.dtype)
         initial = None
         if self.inner is not None and self.inner.steps > 0:
             seeds = [fast_weight_seed(self.seed, epoch, index) for index in mb.documents.sample_index]

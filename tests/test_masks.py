@@ -8,6 +8,7 @@ from torch.nn.attention.flex_attention import flex_attention
 from focusft.masks import (
     TokenLayout,
     block_mask,
+    build_mask,
     dense_mask,
     document_positions,
     focus_mask_mod,
@@ -161,3 +162,78 @@ def test_bad_layouts_and_modes_are_rejected():
         TokenLayout(context=ok.long(), doc=torch.zeros(2, 5, dtype=torch.long), valid=ok)
     with pytest.raises(ValueError, match="Unknown attention mask mode 'full'"):
         dense_mask(TokenLayout.single_document(ok), "full")
+
+
+def _single_document_layout(batch: int, seq_len: int, seed: int) -> TokenLayout:
+    """Unpacked rows: one document each, right-padded to the longest."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch,), generator=g)
+    lengths[0] = seq_len
+    valid = torch.arange(seq_len)[None, :] < lengths[:, None]
+    context = torch.rand(batch, seq_len, generator=g) > 0.5
+    doc = torch.where(valid, 0, 1)
+    return TokenLayout(context=context, doc=doc, valid=valid)
+
+
+def test_causal_mode_on_unpacked_rows_uses_the_kernels_causal_mask():
+    layout = _single_document_layout(3, 20, 0)
+    assert build_mask(layout, "causal", "dense") is None
+    assert build_mask(layout, "causal", "block") is None
+    assert build_mask(layout, "bidir_context", "dense") is not None
+    packed = random_layout(3, 40, torch.Generator().manual_seed(1), max_docs=3)
+    assert packed.doc[packed.valid].max() > 0
+    assert build_mask(packed, "causal", "dense") is not None
+    hole = TokenLayout.single_document(torch.zeros(1, 6, dtype=torch.bool))
+    hole = TokenLayout(context=hole.context, doc=hole.doc, valid=torch.tensor([[1, 1, 0, 1, 0, 0]], dtype=torch.bool))
+    assert build_mask(hole, "causal", "dense") is not None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_causal_shortcut_gives_the_same_losses_and_gradients(seed):
+    """Response-token losses and θ-gradients with ``mask=None`` equal those with the dense mask."""
+    layout = _single_document_layout(3, 24, seed)
+    tokens = torch.randint(0, 500, layout.shape, generator=torch.Generator().manual_seed(seed))
+    labels = torch.where(layout.valid & ~layout.context, tokens, -100).roll(-1, dims=1)
+    labels[:, -1] = -100
+    pos = document_positions(layout.doc)
+    results = []
+    for mask in (build_mask(layout, "causal", "dense"), dense_mask(layout, "causal")):
+        model = seeded_tiny_qwen2_5(0)
+        logits = model(tokens, mask=mask, input_pos=pos)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss.backward()
+        results.append((loss, [p.grad for p in model.parameters()]))
+    (loss, grads), (ref_loss, ref_grads) = results
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-6)
+
+
+def test_compiled_block_mask_equals_eager_block_mask():
+    layout = random_layout(2, 96, torch.Generator().manual_seed(2))
+    eager = block_mask(layout, "bidir_context", block_size=16, compile=False)
+    compiled = block_mask(layout, "bidir_context", block_size=16, compile=True)
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+        assert torch.equal(getattr(compiled, name), getattr(eager, name)), name
+    assert torch.equal(compiled.to_dense(), eager.to_dense())
+
+
+@pytest.mark.parametrize("mode", ["bidir_context", "causal"])
+def test_additive_dense_mask_gives_the_same_losses_and_gradients_as_the_bool_mask(mode):
+    layout = random_layout(2, 40, torch.Generator().manual_seed(4))
+    tokens = torch.randint(0, 500, layout.shape, generator=torch.Generator().manual_seed(5))
+    labels = torch.where(layout.valid & ~layout.context, tokens, -100).roll(-1, dims=1)
+    pos = document_positions(layout.doc)
+    additive = build_mask(layout, mode, "dense", dtype=torch.float32)
+    assert additive.dtype == torch.float32 and torch.equal(additive == 0, dense_mask(layout, mode))
+    results = []
+    for mask in (additive, dense_mask(layout, mode)):
+        model = seeded_tiny_qwen2_5(0)
+        logits = model(tokens, mask=mask, input_pos=pos)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss.backward()
+        results.append((loss, [p.grad for p in model.parameters()]))
+    (loss, grads), (ref_loss, ref_grads) = results
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-6)

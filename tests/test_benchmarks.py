@@ -1,0 +1,70 @@
+"""The benchmark scripts' CPU-testable parts: presets, arguments, the cost model, a tiny run of each."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import max_seq_len, step_benchmark
+from benchmarks.data import context_flags, synthetic_batch
+from benchmarks.models import PRESETS, build_model
+from focusft.split_decoder import IGNORE_INDEX
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build_on_the_meta_device(name):
+    preset = PRESETS[name]
+    model = build_model(preset, "meta", torch.bfloat16)
+    assert model.tok_embeddings.num_embeddings == preset.vocab_size
+    if name == "qwen2.5-7b":
+        assert len(model.layers) == 28 and 7.5e9 < sum(p.numel() for p in model.parameters()) < 7.7e9
+
+
+def test_cost_model_is_the_issues_formula():
+    assert step_benchmark.cost_model(2, 0.35, "on") == pytest.approx(1.35)
+    assert step_benchmark.cost_model(2, 0.35, "off") == pytest.approx(1 + 2 * 2 * 0.35 / 3)
+    assert step_benchmark.cost_model(2, 0.35, "on+inner") == pytest.approx(1 + 3 * 2 * 0.35 / 4)
+
+
+def test_synthetic_rows_have_two_exchanges_with_a_tenth_in_responses():
+    flags = context_flags(1000)
+    assert (~flags).sum() == 100 and flags[0] and not flags[-1]
+    tokens, labels, layout = synthetic_batch(200, 50, seed=0, device="cpu")
+    trained = labels != IGNORE_INDEX
+    # Shifted: position t is trained when t+1 is a response token.
+    assert torch.equal(trained[0, :-1], ~layout.context[0, 1:])
+    assert torch.equal(labels[0, :-1][trained[0, :-1]], tokens[0, 1:][~layout.context[0, 1:]])
+
+
+def test_bad_arguments_are_rejected(capsys):
+    with pytest.raises(SystemExit):
+        step_benchmark.parse_args(["--seq-lens", "8"])
+    assert "too short" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        step_benchmark.parse_args(["--ac", "sometimes"])
+
+
+def test_dry_run_prints_the_plan_for_a_gpu_preset(capsys):
+    step_benchmark.main(["--preset", "qwen2.5-1.5b", "--dry-run"])
+    out = capsys.readouterr().out
+    assert "fast weights on 18..27" in out and "cost model FocuSFT/SFT, AC on: 1.357" in out
+
+
+def test_a_tiny_cpu_run_prints_every_variant_breakdown_and_targets(tmp_path, capsys):
+    raw = tmp_path / "raw.json"
+    step_benchmark.main(["--seq-lens", "64", "--ac", "on", "--repeats", "1", "--warmup", "0", "--json", str(raw)])
+    out = capsys.readouterr().out
+    for variant in step_benchmark.VARIANTS:
+        assert f"| 64 | on | {variant} |" in out
+    assert "| outer backward |" in out and "| inner step 2 (" in out
+    assert "FocuSFT / straightforward time" in out and "FocuSFT / SFT memory growth" in out
+    cell = json.loads(raw.read_text())["64|on"]
+    assert all(len(m["times"]) == 1 and m["memory"] > 0 for m in cell.values())
+
+
+def test_max_seq_len_search_runs_under_fsdp_on_cpu(tmp_path, capsys):
+    out = tmp_path / "search.json"
+    max_seq_len.main(["--preset", "cpu", "--start", "32", "--stop", "64", "--json", str(out)])
+    outcomes = json.loads(out.read_text())
+    assert [o["seq_len"] for o in outcomes] == [32, 64] and all(o["ok"] for o in outcomes)
+    assert "longest FocuSFT training step: 64 tokens" in capsys.readouterr().out
