@@ -43,8 +43,10 @@ def accuracy_by_length(path: Path, rows: list[Row], titles: dict[str, str], chan
             label=titles.get(variant, variant),
         )
     ax.axhline(100 * chance, color="grey", linestyle=":", label="guessing a place of the story")
+    lengths = sorted({r.length for r in rows})
     ax.set(xscale="log", xlabel="conversation length (tiny-model tokens)", ylabel="exact match %", ylim=(0, 100))
-    ax.set_xticks(sorted({r.length for r in rows}), [str(x) for x in sorted({r.length for r in rows})])
+    ax.set_xticks(lengths, [str(x) for x in lengths])
+    ax.minorticks_off()
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
