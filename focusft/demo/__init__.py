@@ -1,1 +1,1 @@
-"""The tiny end-to-end demo: a retrieval task, SFT vs FocuSFT trained, evaluated and plotted (``python -m focusft.demo``)."""
+"""Tiny end-to-end demo: SFT vs FocuSFT on a retrieval task, trained, evaluated, plotted (``python -m focusft.demo``)."""

@@ -4,11 +4,10 @@ Stages, each a subprocess with its own log in ``OUT/logs`` and reused on the nex
 
 1. ``base``: the tiny model and tokenizer (``python -m focusft.tiny``);
 2. ``data``: pre-training, training and held-out eval conversations (``focusft.demo.task``);
-3. ``pretrain``: one plain run with the loss on every story token, the common starting point;
-4. ``train_<variant>``: each variant from the pre-trained weights on the same data and steps
+3. ``train_<variant>``: each variant from the same initial weights on the same data and steps
    (``tune run --nproc_per_node 2 recipes/focusft_distributed.py``);
-5. ``eval_<variant>``: lm-eval on the held-out stories at every eval length, as a plain model;
-6. ``attention_<length>_<row>``: ``focusft-attention`` on the same eval conversations;
+4. ``eval_<variant>``: lm-eval on the held-out stories at every eval length, as a plain model;
+5. ``attention_<length>_<row>``: ``focusft-attention`` on the same eval conversations;
 
 then the table (``results.md``/``results.json``) and plots, all in ``OUT``.
 """
@@ -25,7 +24,7 @@ from focusft.demo import plots
 from focusft.demo.results import Row, Speed, attention_means, eval_scores, read_metrics, write_results
 from focusft.demo.settings import DEFAULT_VARIANTS, SIZES, VARIANTS, DemoSize, scaled_fast_weights
 from focusft.demo.stages import Stage, StageError, run_stage
-from focusft.demo.task import NUM_PERSONS
+from focusft.demo.task import PLACES
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs/tiny/demo_cpu.yaml"
@@ -37,7 +36,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="focusft-demo", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="default", help="data and steps (default: default)")
     parser.add_argument("--steps", type=int, help="fine-tuning steps per variant (default: the size's)")
-    parser.add_argument("--pretrain-steps", type=int, help="pre-training steps (default: the size's)")
     parser.add_argument(
         "--variants",
         default=",".join(DEFAULT_VARIANTS),
@@ -52,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not names:
         parser.error(f"--variants: unknown {unknown or 'empty'}; choose from {', '.join(VARIANTS)} or 'all'")
-    for name in ("steps", "pretrain_steps", "nproc"):
+    for name in ("steps", "nproc"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -65,9 +63,7 @@ class Demo:
 
     def __init__(self, args: argparse.Namespace) -> None:
         base = SIZES[args.size]
-        self.size = DemoSize(
-            **{**asdict(base), "steps": args.steps or base.steps, "pretrain_steps": args.pretrain_steps or base.pretrain_steps}
-        )
+        self.size = DemoSize(**{**asdict(base), "steps": args.steps or base.steps})
         self.variants = [VARIANTS[name] for name in args.variant_names]
         self.nproc = args.nproc
         self.echo = not args.quiet
@@ -87,21 +83,18 @@ class Demo:
             "data",
             [
                 *(sys.executable, "-m", "focusft.demo.task", str(data), "--tokenizer", str(self.out / "base")),
-                *("--pretrain", str(size.pretrain_steps * self.global_batch)),
                 *("--train", str(size.steps * self.global_batch), "--train-tokens", str(size.train_tokens)),
                 *("--eval-samples", str(size.eval_samples), "--eval-tokens", *map(str, size.eval_tokens)),
+                *("--persons", str(size.persons)),
             ],
             data,
             {"size": asdict(size), "global_batch": self.global_batch},
         )
-        pretrained = self._train("pretrain", data / "pretrain.jsonl", self.out / "base", "model.safetensors",
-                                 ["focusft.bilevel=false", "focusft.attention=causal"], size.pretrain_steps)  # fmt: skip
         checkpoints = {}
         for variant in self.variants:
             checkpoints[variant.name] = self._train(
-                f"train_{variant.name}", data / "train.jsonl", pretrained, CHECKPOINT_FILE,
-                [*variant.overrides(), *self.fast_weights.overrides()], size.steps,
-            )  # fmt: skip
+                f"train_{variant.name}", data / "train.jsonl", [*variant.overrides(), *self.fast_weights.overrides()]
+            )
         eval_files = {length: data / f"eval_{length}.jsonl" for length in size.eval_tokens}
         for name, checkpoint in checkpoints.items():
             self._stage(
@@ -135,15 +128,20 @@ class Demo:
         stage = Stage(name, command, output, {"command": command, **settings}, cwd=REPO)
         run_stage(stage, self.logs, echo=self.echo)
 
-    def _train(self, name: str, data: Path, start: Path, weights: str, overrides: list[str], steps: int) -> Path:
-        """A ``tune run`` of the recipe; returns its final checkpoint."""
+    def _train(self, name: str, data: Path, overrides: list[str]) -> Path:
+        """A ``tune run`` of the recipe from the tiny base model; returns its final checkpoint."""
         output = self.out / "runs" / name
         command = [
             *(str(Path(sys.executable).parent / "tune"), "run", "--nproc_per_node", str(self.nproc), RECIPE),
-            *("--config", str(CONFIG), f"base_dir={start}", f"output_dir={output}", f"dataset.data_files={data}"),
-            f"checkpointer.checkpoint_files=[{weights}]",
+            *(
+                "--config",
+                str(CONFIG),
+                f"base_dir={self.out / 'base'}",
+                f"output_dir={output}",
+                f"dataset.data_files={data}",
+            ),
             f"batch_size={self.size.batch_size}",
-            f"max_steps_per_epoch={steps}",
+            f"max_steps_per_epoch={self.size.steps}",
             *overrides,
         ]
         self._stage(name, command, output, {})
@@ -152,7 +150,9 @@ class Demo:
     def _report(self, checkpoints: dict[str, Path], reports: dict[int, list[Path]]) -> Path:
         titles = {name: VARIANTS[name].title for name in checkpoints}
         attention = {length: attention_means(paths) for length, paths in reports.items()}
-        curves = {titles[n]: read_metrics(self.out / "runs" / f"train_{n}" / "logs" / "metrics.txt") for n in checkpoints}
+        curves = {
+            titles[n]: read_metrics(self.out / "runs" / f"train_{n}" / "logs" / "metrics.txt") for n in checkpoints
+        }
         rows = []
         for name in checkpoints:
             speed = Speed.from_metrics(curves[titles[name]], self.nproc)
@@ -175,18 +175,18 @@ class Demo:
         fw = self.fast_weights
         size = self.size
         notes = [
-            f"Tiny model (4 layers, dim 64), {self.nproc} CPU processes; pre-training {size.pretrain_steps} steps, "
-            f"then {size.steps} fine-tuning steps per variant, global batch {self.global_batch}, "
+            f"Tiny model (4 layers, dim 64), {self.nproc} CPU processes; {size.steps} fine-tuning steps per variant "
+            f"from the same initial weights, global batch {self.global_batch}, "
             f"training conversations of ≤ {size.train_tokens} tokens.",
             f"Fast weights (bilevel variants): rank {fw.rank}, alpha {fw.alpha:g}, inner lr {fw.inner_lr:.3g}.",
             f"Exact match on {size.eval_samples} held-out stories per length, answered as plain models "
-            f"(no fast weights); guessing one of the story's {NUM_PERSONS} places scores {100 / NUM_PERSONS:.0f}%.",
+            f"(no fast weights); guessing one of the {len(PLACES)} places scores {100 / len(PLACES):.0f}%, "
+            f"one of the story's {size.persons} {100 / size.persons:.0f}%.",
             f"Attention (causal, as at inference): mean over {size.attention_rows} eval conversation(s) per length.",
         ]
         md, _ = write_results(self.out, rows, titles, notes)
-        pretrain = read_metrics(self.out / "runs" / "pretrain" / "logs" / "metrics.txt")
-        plots.loss_curves(self.out / "loss_curves.png", curves, pretrain)
-        plots.accuracy_by_length(self.out / "accuracy_by_length.png", rows, titles, chance=1 / NUM_PERSONS)
+        plots.loss_curves(self.out / "loss_curves.png", curves)
+        plots.accuracy_by_length(self.out / "accuracy_by_length.png", rows, titles, chance=1 / len(PLACES))
         shortest = size.eval_tokens[0]
         budgets = {titles[name]: attention[shortest][name] for name in checkpoints}
         plots.attention_budget(self.out / "attention_budget.png", budgets, shortest)

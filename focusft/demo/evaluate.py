@@ -58,7 +58,9 @@ def evaluate(checkpoint: Path, data_files: dict[str, Path], label: str, output_d
     model_args = {"checkpoint_dir": str(checkpoint), "dtype": "float32"}
     loaded = fetch_suite(demo_runs(data_files), model_args)
     lm = get_model("focusft").create_from_arg_obj(model_args, {"batch_size": batch_size, "device": "cpu"})
-    evaluate_suite(loaded, lm, label=label, output_dir=output_dir, meta={"suite": "demo", "checkpoint_dir": str(checkpoint)})
+    evaluate_suite(
+        loaded, lm, label=label, output_dir=output_dir, meta={"suite": "demo", "checkpoint_dir": str(checkpoint)}
+    )
     return output_dir / "report.json"
 
 

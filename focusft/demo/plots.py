@@ -14,14 +14,12 @@ from focusft.demo.results import Row  # noqa: E402
 BUDGET_SEGMENTS = ("sink", "prompt", "tool", "response")
 
 
-def loss_curves(path: Path, curves: dict[str, list[dict[str, float]]], pretrain: list[dict[str, float]]) -> Path:
-    """Training loss per step of the pre-training run and of each variant (response tokens only)."""
-    fig, (ax_pre, ax) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_pre.plot([r["step"] for r in pretrain], [r["loss"] for r in pretrain], color="grey")
-    ax_pre.set(title="pre-training (loss on every story token)", xlabel="step", ylabel="loss")
+def loss_curves(path: Path, curves: dict[str, list[dict[str, float]]]) -> Path:
+    """Training loss (answer tokens and end of turn) per step of each variant."""
+    fig, ax = plt.subplots(figsize=(6, 4))
     for label, rows in curves.items():
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
-    ax.set(title="fine-tuning (answer tokens)", xlabel="step", ylabel="loss", yscale="log")
+    ax.set(title="training loss (answer tokens)", xlabel="step", ylabel="loss", yscale="log")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -42,7 +40,7 @@ def accuracy_by_length(path: Path, rows: list[Row], titles: dict[str, str], chan
             capsize=4,
             label=titles.get(variant, variant),
         )
-    ax.axhline(100 * chance, color="grey", linestyle=":", label="guessing a place of the story")
+    ax.axhline(100 * chance, color="grey", linestyle=":", label="guessing a place")
     lengths = sorted({r.length for r in rows})
     ax.set(xscale="log", xlabel="conversation length (tiny-model tokens)", ylabel="exact match %", ylim=(0, 100))
     ax.set_xticks(lengths, [str(x) for x in lengths])

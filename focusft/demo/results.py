@@ -93,7 +93,8 @@ def markdown_table(rows: list[Row], titles: dict[str, str]) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| {titles.get(row.variant, row.variant)} | {row.length} | {100 * row.accuracy:.1f} ± {100 * row.stderr:.1f} "
+            f"| {titles.get(row.variant, row.variant)} | {row.length} "
+            f"| {100 * row.accuracy:.1f} ± {100 * row.stderr:.1f} "
             f"| {100 * row.answered_place:.1f} | {row.samples} | {100 * row.sink_mass:.2f} "
             f"| {100 * row.context_engagement:.1f} | {row.step_seconds:.2f} | {row.tokens_per_second:.0f} |"
         )

@@ -42,18 +42,18 @@ class DemoSize:
 
     train_tokens: int
     eval_tokens: tuple[int, ...]  # the first is the training length, the others longer
-    pretrain_steps: int
     steps: int
     batch_size: int  # per process
     eval_samples: int
     attention_rows: int
+    persons: int = 1  # facts per story (1: a needle in a haystack)
 
 
 SIZES: dict[str, DemoSize] = {
     # CI: every stage on the smallest data that still gives each table cell a number.
-    "smoke": DemoSize(256, (256, 512), pretrain_steps=4, steps=4, batch_size=4, eval_samples=24, attention_rows=1),
-    "default": DemoSize(256, (256, 512), pretrain_steps=300, steps=150, batch_size=8, eval_samples=200, attention_rows=3),
-    "large": DemoSize(256, (256, 512, 1024), pretrain_steps=1200, steps=600, batch_size=8, eval_samples=400, attention_rows=5),
+    "smoke": DemoSize(256, (256, 512), steps=4, batch_size=4, eval_samples=24, attention_rows=1),
+    "default": DemoSize(256, (256, 512, 1024), steps=300, batch_size=8, eval_samples=200, attention_rows=3),
+    "large": DemoSize(256, (256, 512, 1024, 2048), steps=1200, batch_size=8, eval_samples=400, attention_rows=5),
 }
 
 # The paper's fast weights: rank 32, alpha 64, inner lr 1.0 on Qwen2.5-7B (hidden size 3584).

@@ -1,6 +1,6 @@
 """The demo's task: find where a person went in a long text and copy that place, token for token.
 
-Built so that a 4-layer, 64-dimensional model with the tiny tokenizer can learn it on a CPU:
+Built so that a 4-layer, 64-dimensional model with the tiny tokenizer learns it on a CPU in minutes:
 
 - every person and place is one token of the tiny tokenizer (with its leading space, as the
   story writes it), and the answer is that same token: `` kitchen`` in "Mary went to the
@@ -9,13 +9,12 @@ Built so that a 4-layer, 64-dimensional model with the tiny tokenizer can learn 
   token an eval answer needs is left untrained;
 - what is held out is the story (its own random stream) and the (person, place) pair that
   is asked about: pairs with ``(person + place) % HELD_OUT_EVERY == 0`` are never a training
-  question, only eval ones (they do appear as distractor facts in training stories);
+  question, only eval ones (with ``persons > 1`` they appear as other people's facts);
 - lengths are counted in the tiny model's own tokens (the whole chat-formatted conversation).
 
-Each story holds ``NUM_PERSONS`` facts, one per person, each at a random depth among filler
-sentences that name no person or place. ``pretrain`` conversations put the story and a
-question/answer line for each training pair into one assistant message, so a plain
-SFT run trains on every token: the model learns to read the text and copy from it.
+A story holds one fact per person (``persons`` of them, different places), each at a random
+depth among filler sentences that name no person or place; the question asks about one.
+With one person it is a needle in a haystack; more persons make it an association.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ PLACES: tuple[str, ...] = (
     "kitchen", "garden", "office", "hallway", "bedroom", "bathroom", "park", "school", "cinema",
 )  # fmt: skip
 MOVE_VERBS: tuple[str, ...] = ("went to", "moved to", "travelled to", "journeyed to")
-NUM_PERSONS = 4
 HELD_OUT_EVERY = 5
 SYSTEM = "You are a helpful assistant."
 INSTRUCTION = "Read the text and answer with the place."
@@ -43,8 +41,8 @@ _FILLER_SUBJECTS = ("The old river", "A cold wind", "The grey sky", "A lone hero
 _FILLER_VERBS = ("drifted over", "settled upon", "wandered past", "shimmered above", "rolled across", "faded into")
 _FILLER_OBJECTS = ("the silent hills", "the misty valley", "the stony shore", "the pale meadows", "the dark pines")
 
-Split = Literal["pretrain", "train", "eval"]
-SPLITS: tuple[str, ...] = ("pretrain", "train", "eval")
+Split = Literal["train", "eval"]
+SPLITS: tuple[str, ...] = ("train", "eval")
 
 
 def is_held_out(person: str, place: str) -> bool:
@@ -57,54 +55,44 @@ def answer_text(place: str) -> str:
     return f" {place}"
 
 
-def generate(split: Split, num_samples: int, target_tokens: int, tokenizer: Any, seed: int = 0) -> list[dict[str, Any]]:
+def generate(
+    split: Split, num_samples: int, target_tokens: int, tokenizer: Any, seed: int = 0, persons: int = 1
+) -> list[dict[str, Any]]:
     """``num_samples`` conversations of at most ``target_tokens`` tokens (within a filler sentence of it).
 
-    A sample is ``{"messages", "answer", "target_tokens"}`` (``answer`` without its leading space,
-    for exact-match scoring; pretrain samples have no single answer and hold ``""``).
+    A sample is ``{"messages", "answer", "target_tokens"}``; ``answer`` is the place without its
+    leading space, for exact-match scoring.
     """
+    if not 1 <= persons <= len(PLACES):
+        raise ValueError(f"persons must be between 1 and {len(PLACES)}, got {persons}.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
     samples = []
     for index in range(num_samples):
-        rng = random.Random(f"focusft-demo|{split}|{seed}|{target_tokens}|{index}")
-        samples.append(_sample(split, rng, target_tokens, tokenizer))
+        rng = random.Random(f"focusft-demo|{split}|{seed}|{target_tokens}|{persons}|{index}")
+        samples.append(_sample(split, rng, target_tokens, tokenizer, persons))
     return samples
 
 
-def _sample(split: Split, rng: random.Random, target_tokens: int, tokenizer: Any) -> dict[str, Any]:
+def _sample(split: Split, rng: random.Random, target_tokens: int, tokenizer: Any, count: int) -> dict[str, Any]:
     while True:  # redraw until the asked pair belongs to the split (eval: held out; else: not)
-        persons, places = rng.sample(PERSONS, NUM_PERSONS), rng.sample(PLACES, NUM_PERSONS)
-        asked = [i for i in range(NUM_PERSONS) if is_held_out(persons[i], places[i]) == (split == "eval")]
+        persons, places = rng.sample(PERSONS, count), rng.sample(PLACES, count)
+        asked = [i for i in range(count) if is_held_out(persons[i], places[i]) == (split == "eval")]
         if asked:
             break
     facts = [f"{person} {rng.choice(MOVE_VERBS)} the {place}." for person, place in zip(persons, places)]
-    if split == "pretrain":
-        rng.shuffle(asked)
-        qa = " ".join(f"Where is {persons[i]}? {persons[i]} is in the {places[i]}." for i in asked)
+    i = rng.choice(asked)
 
-        def compose(story: str) -> list[dict[str, Any]]:
-            return [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": INSTRUCTION},
-                {"role": "assistant", "content": f"{story}\n{qa}"},
-            ]
+    def compose(story: str) -> list[dict[str, Any]]:
+        user = f"{INSTRUCTION}\n<text>\n{story}\n</text>\nQuestion: Where is {persons[i]}?"
+        return [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": answer_text(places[i])},
+        ]
 
-        answer = ""
-    else:
-        i = rng.choice(asked)
-
-        def compose(story: str) -> list[dict[str, Any]]:
-            user = f"{INSTRUCTION}\n<text>\n{story}\n</text>\nQuestion: Where is {persons[i]}?"
-            return [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": user},
-                {"role": "assistant", "content": answer_text(places[i])},
-            ]
-
-        answer = places[i]
     messages = _fill(facts, compose, target_tokens, rng, tokenizer)
-    return {"messages": messages, "answer": answer, "target_tokens": target_tokens}
+    return {"messages": messages, "answer": places[i], "target_tokens": target_tokens}
 
 
 def _fill(facts: list[str], compose: Any, target_tokens: int, rng: random.Random, tokenizer: Any) -> list[dict]:
@@ -136,20 +124,17 @@ def _fill(facts: list[str], compose: Any, target_tokens: int, rng: random.Random
 
 
 def write_data(
-    out_dir: Path, tokenizer_dir: Path, *, pretrain: int, train: int, train_tokens: int, eval_samples: int,
-    eval_tokens: list[int], seed: int = 0,
+    out_dir: Path, tokenizer_dir: Path, *, train: int, train_tokens: int, eval_samples: int,
+    eval_tokens: list[int], persons: int = 1, seed: int = 0,
 ) -> list[Path]:  # fmt: skip
-    """``pretrain.jsonl``, ``train.jsonl`` (``train_tokens`` long) and ``eval_<tokens>.jsonl`` per eval length."""
+    """``train.jsonl`` (``train_tokens`` long) and ``eval_<tokens>.jsonl`` per eval length."""
     from focusft.data.synthetic import write_jsonl
     from focusft.tiny import load_tiny_tokenizer
 
     tokenizer = load_tiny_tokenizer(tokenizer_dir)
-    paths = [
-        write_jsonl(generate("pretrain", pretrain, train_tokens, tokenizer, seed), out_dir / "pretrain.jsonl"),
-        write_jsonl(generate("train", train, train_tokens, tokenizer, seed), out_dir / "train.jsonl"),
-    ]
+    paths = [write_jsonl(generate("train", train, train_tokens, tokenizer, seed, persons), out_dir / "train.jsonl")]
     for tokens in eval_tokens:
-        samples = generate("eval", eval_samples, tokens, tokenizer, seed)
+        samples = generate("eval", eval_samples, tokens, tokenizer, seed, persons)
         paths.append(write_jsonl(samples, out_dir / f"eval_{tokens}.jsonl"))
     return paths
 
@@ -159,21 +144,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--tokenizer", type=Path, required=True, help="directory of the tiny tokenizer files")
-    parser.add_argument("--pretrain", type=int, required=True, help="pre-training conversations")
     parser.add_argument("--train", type=int, required=True, help="fine-tuning conversations")
     parser.add_argument("--train-tokens", type=int, required=True, help="length of training conversations")
     parser.add_argument("--eval-samples", type=int, required=True, help="held-out conversations per length")
     parser.add_argument("--eval-tokens", type=int, nargs="+", required=True, help="eval lengths in tokens")
+    parser.add_argument("--persons", type=int, default=1, help="facts per story, one per person (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     paths = write_data(
         args.out_dir,
         args.tokenizer,
-        pretrain=args.pretrain,
         train=args.train,
         train_tokens=args.train_tokens,
         eval_samples=args.eval_samples,
         eval_tokens=args.eval_tokens,
+        persons=args.persons,
         seed=args.seed,
     )
     print("Wrote " + ", ".join(str(p) for p in paths))

@@ -26,8 +26,9 @@ def test_every_person_and_place_is_one_token(tokenizer):
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])
-def test_the_answer_copies_a_token_of_the_story(tokenizer, split):
-    for sample in generate(split, 30, 256, tokenizer, seed=3):
+@pytest.mark.parametrize("persons", [1, 3])
+def test_the_answer_copies_a_token_of_the_story(tokenizer, split, persons):
+    for sample in generate(split, 30, 256, tokenizer, seed=3, persons=persons):
         conversation = tokenize_conversation(to_torchtune_messages(sample["messages"]), tokenizer)
         trained = [t for t, c in zip(conversation.tokens, conversation.context) if not c]
         answer_token, end = trained
@@ -46,14 +47,11 @@ def test_held_out_pairs_are_asked_only_in_eval_and_every_answer_is_trained(token
     def asked(sample):
         return sample["messages"][1]["content"].rsplit("Where is ", 1)[1].rstrip("?"), sample["answer"]
 
-    train = [asked(s) for s in generate("train", 200, 256, tokenizer)]
-    held = [asked(s) for s in generate("eval", 100, 256, tokenizer)]
+    train = [asked(s) for s in generate("train", 200, 256, tokenizer, persons=2)]
+    held = [asked(s) for s in generate("eval", 100, 256, tokenizer, persons=2)]
     assert not any(is_held_out(*pair) for pair in train)
     assert all(is_held_out(*pair) for pair in held)
     assert {place for _, place in held} <= {place for _, place in train}
-    pretrain_text = " ".join(s["messages"][-1]["content"] for s in generate("pretrain", 50, 256, tokenizer))
-    for person, place in held:
-        assert f"Where is {person}? {person} is in the {place}." not in pretrain_text
 
 
 @pytest.mark.parametrize("target", [256, 512])
