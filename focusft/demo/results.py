@@ -60,7 +60,7 @@ class Row:
 def eval_scores(eval_dir: Path) -> dict[int, tuple[float, float, float, int]]:
     """Length -> (exact match, stderr, answered a place, samples) from the lm-eval results of one checkpoint."""
     scores = {}
-    for path in sorted((eval_dir / "lm_eval").glob("demo_*.json")):
+    for path in sorted((eval_dir / "lm_eval").glob("demo_*.json"), key=lambda p: int(p.stem.removeprefix("demo_"))):
         results = json.loads(path.read_text())
         metrics = results["results"]["focusft_demo"]
         length = int(path.stem.removeprefix("demo_"))

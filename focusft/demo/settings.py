@@ -52,7 +52,7 @@ class DemoSize:
 SIZES: dict[str, DemoSize] = {
     # CI: every stage on the smallest data that still gives each table cell a number.
     "smoke": DemoSize(256, (256, 512), steps=4, batch_size=4, eval_samples=24, attention_rows=1),
-    "default": DemoSize(256, (256, 512, 1024), steps=300, batch_size=8, eval_samples=200, attention_rows=3),
+    "default": DemoSize(256, (256, 512, 1024), steps=300, batch_size=8, eval_samples=200, attention_rows=2),
     "large": DemoSize(256, (256, 512, 1024, 2048), steps=1200, batch_size=8, eval_samples=400, attention_rows=5),
 }
 

@@ -8,6 +8,7 @@ line naming it and its log file.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -54,7 +55,13 @@ def run_stage(stage: Stage, log_dir: Path, echo: bool = True) -> bool:
     with log.open("wb") as handle:
         handle.write((" ".join(stage.command) + "\n").encode())
         handle.flush()
-        process = subprocess.Popen(stage.command, cwd=stage.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            stage.command,
+            cwd=stage.cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # progress reaches the log as it happens
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         assert process.stdout is not None
         while chunk := process.stdout.read1(4096):
             handle.write(chunk)
