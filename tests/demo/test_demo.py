@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from focusft.demo.settings import SIZES
+from focusft.demo.cli import parse_args
+from focusft.demo.settings import DEFAULT_VARIANTS, SIZES, VARIANTS
 from focusft.demo.stages import Stage, StageError, run_stage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "smoke"
-    command = [sys.executable, "-m", "focusft.demo", "--size", "smoke", "--variants", "all", "--output-dir", str(out)]
+    command = [sys.executable, "-m", "focusft.demo", "--size", "smoke", "--output-dir", str(out)]
     first = subprocess.run([*command, "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     again = subprocess.run([*command, "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -28,7 +29,7 @@ def test_the_table_has_a_row_per_variant_and_length_with_numbers_in_range(smoke)
     size = SIZES["smoke"]
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert sorted((r["variant"], r["length"]) for r in rows) == sorted(
-        (v, length) for v in ("sft", "sft_bidir", "causal_bilevel", "focusft") for length in size.eval_tokens
+        (v, length) for v in DEFAULT_VARIANTS for length in size.eval_tokens
     )
     for row in rows:
         assert row["samples"] == size.eval_samples
@@ -48,7 +49,7 @@ def test_the_table_has_a_row_per_variant_and_length_with_numbers_in_range(smoke)
 
 def test_bilevel_variants_ran_the_inner_loop_and_plain_ones_did_not(smoke):
     out, _, _ = smoke
-    for variant, bilevel in (("sft", False), ("sft_bidir", False), ("causal_bilevel", True), ("focusft", True)):
+    for variant, bilevel in (("sft", False), ("focusft", True)):
         log = (out / "runs" / f"train_{variant}" / "logs" / "metrics.txt").read_text()
         assert log.count("Step ") == SIZES["smoke"].steps
         assert ("inner_loss_before_0" in log) == bilevel
@@ -83,3 +84,16 @@ def test_a_stage_with_other_settings_is_rebuilt(tmp_path):
     assert not run_stage(stage("a"), tmp_path / "logs", echo=False)
     assert run_stage(stage("b"), tmp_path / "logs", echo=False)
     assert (tmp_path / "o" / "x").read_text() == "b"
+
+
+def test_variants_flag():
+    assert parse_args([]).variant_names == ["sft", "focusft"]
+    assert parse_args(["--variants", "all"]).variant_names == list(VARIANTS)
+    assert [VARIANTS[n].overrides() for n in parse_args(["--variants", "all"]).variant_names] == [
+        ["focusft.bilevel=false", "focusft.attention=causal"],
+        ["focusft.bilevel=false", "focusft.attention=bidir_context"],
+        ["focusft.bilevel=true", "focusft.attention=causal"],
+        ["focusft.bilevel=true", "focusft.attention=bidir_context"],
+    ]
+    with pytest.raises(SystemExit):
+        parse_args(["--variants", "sft,nope"])
