@@ -180,8 +180,8 @@ class Demo:
             f"training conversations of ≤ {size.train_tokens} tokens.",
             f"Fast weights (bilevel variants): rank {fw.rank}, alpha {fw.alpha:g}, inner lr {fw.inner_lr:.3g}.",
             f"Exact match on {size.eval_samples} held-out stories per length, answered as plain models "
-            f"(no fast weights); guessing one of the {len(PLACES)} places scores {100 / len(PLACES):.0f}%, "
-            f"one of the story's {size.persons} {100 / size.persons:.0f}%.",
+            f"(no fast weights); guessing one of the {len(PLACES)} places scores {100 / len(PLACES):.0f}%"
+            + (f", one of the story's {size.persons} {100 / size.persons:.0f}%." if size.persons > 1 else "."),
             f"Attention (causal, as at inference): mean over {size.attention_rows} eval conversation(s) per length.",
         ]
         md, _ = write_results(self.out, rows, titles, notes)
