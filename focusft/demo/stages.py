@@ -35,7 +35,8 @@ class Stage:
 
     def done(self) -> bool:
         marker = self.output / MARKER
-        return marker.is_file() and json.loads(marker.read_text()) == self.settings
+        # Compared as JSON: tuples in the settings come back from the marker as lists.
+        return marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(self.settings))
 
 
 def run_stage(stage: Stage, log_dir: Path, echo: bool = True) -> bool:
