@@ -77,9 +77,12 @@ class Demo:
 
     def run(self) -> Path:
         size = self.size
-        self._stage("base", [sys.executable, "-m", "focusft.tiny", str(self.out / "base")], self.out / "base", {})
+        # A stage whose input was rebuilt in this run is rebuilt too.
+        base = self._stage(
+            "base", [sys.executable, "-m", "focusft.tiny", str(self.out / "base")], self.out / "base", {}
+        )
         data = self.out / "data"
-        self._stage(
+        data_ran = self._stage(
             "data",
             [
                 *(sys.executable, "-m", "focusft.demo.task", str(data), "--tokenizer", str(self.out / "base")),
@@ -89,11 +92,14 @@ class Demo:
             ],
             data,
             {"size": asdict(size), "global_batch": self.global_batch},
+            force=base,
         )
-        checkpoints = {}
+        checkpoints, trained = {}, {}
         for variant in self.variants:
-            checkpoints[variant.name] = self._train(
-                f"train_{variant.name}", data / "train.jsonl", [*variant.overrides(), *self.fast_weights.overrides()]
+            name = f"train_{variant.name}"
+            overrides = [*variant.overrides(), *self.fast_weights.overrides()]
+            checkpoints[variant.name], trained[variant.name] = self._train(
+                name, data / "train.jsonl", overrides, base or data_ran
             )
         eval_files = {length: data / f"eval_{length}.jsonl" for length in size.eval_tokens}
         for name, checkpoint in checkpoints.items():
@@ -106,6 +112,7 @@ class Demo:
                 ],
                 self.out / "eval" / name,
                 {"checkpoint": str(checkpoint), "size": asdict(size)},
+                force=trained[name],
             )
         reports = {length: [] for length in size.eval_tokens}
         for length, path in eval_files.items():
@@ -120,16 +127,17 @@ class Demo:
                     ],
                     output,
                     {"checkpoints": {k: str(v) for k, v in checkpoints.items()}, "size": asdict(size)},
+                    force=any(trained.values()),
                 )
                 reports[length].append(output / "report.json")
         return self._report(checkpoints, reports)
 
-    def _stage(self, name: str, command: list[str], output: Path, settings: dict) -> None:
+    def _stage(self, name: str, command: list[str], output: Path, settings: dict, force: bool = False) -> bool:
         stage = Stage(name, command, output, {"command": command, **settings}, cwd=REPO)
-        run_stage(stage, self.logs, echo=self.echo)
+        return run_stage(stage, self.logs, echo=self.echo, force=force)
 
-    def _train(self, name: str, data: Path, overrides: list[str]) -> Path:
-        """A ``tune run`` of the recipe from the tiny base model; returns its final checkpoint."""
+    def _train(self, name: str, data: Path, overrides: list[str], force: bool) -> tuple[Path, bool]:
+        """A ``tune run`` of the recipe from the tiny base model; returns its final checkpoint and whether it ran."""
         output = self.out / "runs" / name
         command = [
             *(str(Path(sys.executable).parent / "tune"), "run", "--nproc_per_node", str(self.nproc), RECIPE),
@@ -144,8 +152,8 @@ class Demo:
             f"max_steps_per_epoch={self.size.steps}",
             *overrides,
         ]
-        self._stage(name, command, output, {})
-        return output / "epoch_0"
+        ran = self._stage(name, command, output, {}, force=force)
+        return output / "epoch_0", ran
 
     def _report(self, checkpoints: dict[str, Path], reports: dict[int, list[Path]]) -> Path:
         titles = {name: VARIANTS[name].title for name in checkpoints}

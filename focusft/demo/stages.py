@@ -39,13 +39,13 @@ class Stage:
         return marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(self.settings))
 
 
-def run_stage(stage: Stage, log_dir: Path, echo: bool = True) -> bool:
-    """Run ``stage`` unless it is done; returns whether it ran.
+def run_stage(stage: Stage, log_dir: Path, echo: bool = True, force: bool = False) -> bool:
+    """Run ``stage`` unless it is done (``force``: an input of it was just rebuilt); returns whether it ran.
 
     Output goes to ``log_dir/<name>.log`` and, when ``echo``, to the terminal as it comes
     (progress bars included).
     """
-    if stage.done():
+    if not force and stage.done():
         print(f"[{stage.name}] reusing {stage.output}", flush=True)
         return False
     if stage.output.exists():

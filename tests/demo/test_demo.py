@@ -73,7 +73,7 @@ def test_a_failed_stage_is_one_line_naming_it_and_its_log(tmp_path):
     assert not stage.done()
 
 
-def test_a_stage_with_other_settings_is_rebuilt(tmp_path):
+def test_a_stage_with_other_settings_or_a_rebuilt_input_is_rebuilt(tmp_path):
     def stage(value):
         out = tmp_path / "o"
         code = f"import os; os.makedirs({str(out)!r}); open({str(out / 'x')!r}, 'w').write({value!r})"
@@ -84,6 +84,7 @@ def test_a_stage_with_other_settings_is_rebuilt(tmp_path):
     assert not run_stage(stage("a"), tmp_path / "logs", echo=False)
     assert run_stage(stage("b"), tmp_path / "logs", echo=False)
     assert (tmp_path / "o" / "x").read_text() == "b"
+    assert run_stage(stage("b"), tmp_path / "logs", echo=False, force=True)  # an input was rebuilt
 
 
 def test_variants_flag():
