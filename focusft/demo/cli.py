@@ -21,7 +21,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from focusft.demo import plots
-from focusft.demo.results import Row, Speed, attention_means, eval_scores, read_metrics, write_results
+from focusft.demo.results import (
+    Row,
+    Speed,
+    attention_means,
+    eval_scores,
+    inner_loss_drop,
+    read_metrics,
+    write_results,
+)
 from focusft.demo.settings import DEFAULT_VARIANTS, SIZES, VARIANTS, DemoSize, scaled_fast_weights
 from focusft.demo.stages import Stage, StageError, run_stage
 from focusft.demo.task import PLACES
@@ -192,6 +200,13 @@ class Demo:
             + (f", one of the story's {size.persons} {100 / size.persons:.0f}%." if size.persons > 1 else "."),
             f"Attention (causal, as at inference): mean over {size.attention_rows} eval conversation(s) per length.",
         ]
+        drops = {titles[n]: inner_loss_drop(curves[titles[n]]) for n in checkpoints}
+        if any(drop is not None for drop in drops.values()):
+            notes.append(
+                "Inner loop: the K inner steps lowered the answer loss by "
+                + ", ".join(f"{100 * drop:.3f}% ({title})" for title, drop in drops.items() if drop is not None)
+                + " on average (metric log: inner_loss_before_0 vs the last inner_loss_after)."
+            )
         md, _ = write_results(self.out, rows, titles, notes)
         plots.loss_curves(self.out / "loss_curves.png", curves)
         plots.accuracy_by_length(self.out / "accuracy_by_length.png", rows, titles, chance=1 / len(PLACES))

@@ -41,6 +41,15 @@ class Speed:
         )
 
 
+def inner_loss_drop(rows: list[dict[str, float]]) -> float | None:
+    """Mean relative drop of the answer loss over a step's inner loop (None: no inner loop was logged)."""
+    steps = [r for r in rows if "inner_loss_before_0" in r]
+    if not steps:
+        return None
+    last = max(int(key.rsplit("_", 1)[1]) for key in steps[0] if key.startswith("inner_loss_after_"))
+    return mean(1 - r[f"inner_loss_after_{last}"] / r["inner_loss_before_0"] for r in steps if r["inner_loss_before_0"])
+
+
 @dataclass(frozen=True)
 class Row:
     """One (variant, length) cell group of the table; fractions in [0, 1]."""
