@@ -39,6 +39,8 @@ def test_the_table_has_a_row_per_variant_and_length_with_numbers_in_range(smoke)
         p, n = row["accuracy"], row["samples"]
         assert row["stderr"] == pytest.approx((p * (1 - p) / (n - 1)) ** 0.5, abs=1e-9)
         assert row["step_seconds"] > 0 and row["tokens_per_second"] > 0
+    notes = json.loads((out / "results.json").read_text())["notes"]
+    assert any(note.startswith("Inner loop: ") and "(FocuSFT)" in note for note in notes)
     table = (out / "results.md").read_text()
     assert table.count("\n| ") == 1 + len(rows)  # header and one line per row
     assert table in first.stdout
