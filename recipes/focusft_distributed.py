@@ -481,6 +481,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             "grad_norm": grad_norm,
             "response_tokens": int(stats[TOKENS].item()),
             "tokens_per_second_per_gpu": stats[INPUT_TOKENS].item() / (seconds * self.world_size),
+            "step_seconds": seconds,
         }
         if self.inner is not None:
             inner = (stats[INNER_LOSSES:] / tokens).tolist()

@@ -1,0 +1,5 @@
+import sys
+
+from focusft.demo.cli import main
+
+sys.exit(main())

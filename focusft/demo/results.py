@@ -1,0 +1,123 @@
+"""The demo's table: accuracy ± stderr per variant and length, attention figures and training speed."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import mean
+
+_STEP_LINE = re.compile(r"Step (\d+) \| (.*)")
+_VALUE = re.compile(r"(\w+):(\S+)")
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The lines of a torchtune ``DiskLogger`` file (``Step N | key:value ...``), in order, with ``step``."""
+    rows = []
+    for line in path.read_text().splitlines():
+        match = _STEP_LINE.match(line.strip())
+        if match:
+            row = {"step": float(match.group(1))}
+            row |= {key: float(value) for key, value in _VALUE.findall(match.group(2))}
+            rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Training speed of one run, first step (warm-up) left out when there are others."""
+
+    step_seconds: float
+    tokens_per_second: float  # all processes together
+
+    @classmethod
+    def from_metrics(cls, rows: list[dict[str, float]], processes: int) -> Speed:
+        timed = rows[1:] if len(rows) > 1 else rows
+        return cls(
+            step_seconds=mean(r["step_seconds"] for r in timed),
+            tokens_per_second=processes * mean(r["tokens_per_second_per_gpu"] for r in timed),
+        )
+
+
+def inner_loss_drop(rows: list[dict[str, float]]) -> float | None:
+    """Mean relative drop of the answer loss over a step's inner loop (None: no inner loop was logged)."""
+    steps = [r for r in rows if "inner_loss_before_0" in r]
+    if not steps:
+        return None
+    last = max(int(key.rsplit("_", 1)[1]) for key in steps[0] if key.startswith("inner_loss_after_"))
+    return mean(1 - r[f"inner_loss_after_{last}"] / r["inner_loss_before_0"] for r in steps if r["inner_loss_before_0"])
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (variant, length) cell group of the table; fractions in [0, 1]."""
+
+    variant: str
+    length: int
+    accuracy: float
+    stderr: float
+    answered_place: float
+    samples: int
+    sink_mass: float
+    context_engagement: float
+    step_seconds: float
+    tokens_per_second: float
+
+
+def eval_scores(eval_dir: Path) -> dict[int, tuple[float, float, float, int]]:
+    """Length -> (exact match, stderr, answered a place, samples) from the lm-eval results of one checkpoint."""
+    scores = {}
+    for path in sorted((eval_dir / "lm_eval").glob("demo_*.json"), key=lambda p: int(p.stem.removeprefix("demo_"))):
+        results = json.loads(path.read_text())
+        metrics = results["results"]["focusft_demo"]
+        length = int(path.stem.removeprefix("demo_"))
+        samples = results["n-samples"]["focusft_demo"]["effective"]
+        scores[length] = (
+            metrics["exact_match,none"],
+            metrics["exact_match_stderr,none"],
+            metrics["answered_place,none"],
+            samples,
+        )
+    return scores
+
+
+def attention_means(reports: list[Path]) -> dict[str, dict[str, float]]:
+    """Label -> mean sink mass, context engagement and attention budget over the reports (one per row)."""
+    sums: dict[str, list[dict[str, float]]] = {}
+    for report in reports:
+        for checkpoint in json.loads(report.read_text())["checkpoints"]:
+            figures = {"sink_mass": checkpoint["sink_mass"], "context_engagement": checkpoint["context_engagement"]}
+            figures |= {f"budget_{name}": value for name, value in checkpoint["budget"].items()}
+            sums.setdefault(checkpoint["label"], []).append(figures)
+    return {label: {key: mean(f[key] for f in rows) for key in rows[0]} for label, rows in sums.items()}
+
+
+def markdown_table(rows: list[Row], titles: dict[str, str]) -> str:
+    lines = [
+        "| variant | length (tokens) | exact match % ± stderr | answered a place % | n | sink mass % "
+        "| context engagement % | step time s | tokens/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {titles.get(row.variant, row.variant)} | {row.length} "
+            f"| {100 * row.accuracy:.1f} ± {100 * row.stderr:.1f} "
+            f"| {100 * row.answered_place:.1f} | {row.samples} | {100 * row.sink_mass:.2f} "
+            f"| {100 * row.context_engagement:.1f} | {row.step_seconds:.2f} | {row.tokens_per_second:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: Path, rows: list[Row], titles: dict[str, str], notes: list[str]) -> tuple[Path, Path]:
+    """``results.md`` (notes, then the table) and ``results.json``."""
+    md = out_dir / "results.md"
+    md.write_text("# FocuSFT demo\n\n" + "".join(f"{n}\n" for n in notes) + "\n" + markdown_table(rows, titles))
+    js = out_dir / "results.json"
+    js.write_text(json.dumps({"notes": notes, "rows": [asdict(r) for r in rows]}, indent=1))
+    return md, js
+
+
+def finite_fraction(value: float) -> bool:
+    return math.isfinite(value) and 0.0 <= value <= 1.0
