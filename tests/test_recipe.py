@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torchtune.models.qwen2 import qwen2_hf_to_tune
 
@@ -23,7 +22,7 @@ from focusft.analysis.measure import decoder_forward, measure_attention
 from focusft.analysis.sample import item_sample
 from focusft.eval.checkpoint import load_model, read_checkpoint
 from focusft.split_decoder import IGNORE_INDEX
-from focusft.tiny import TinyQwenConfig, load_tiny_tokenizer, tiny_qwen2_5, write_tiny_checkpoint
+from focusft.tiny import TinyQwenConfig, load_tiny_tokenizer, tiny_qwen2_5
 from tests.recipe_data import memorisation_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,21 +77,6 @@ def read_metrics(output_dir: Path) -> list[dict[str, float]]:
         values = dict(item.split(":", 1) for item in payload.split())
         rows.append({"step": int(step.removeprefix("Step ")), **{k: float(v) for k, v in values.items()}})
     return rows
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "base")
-
-
-@pytest.fixture(scope="module")
-def config(tmp_path_factory) -> Path:
-    """The shipped tiny CPU config, training on the memorisation set of tests/recipe_data.py."""
-    cfg = OmegaConf.load(SHIPPED_CONFIG)
-    cfg.dataset = {"_component_": "tests.recipe_data.memorisation_dataset", "num_samples": 8}
-    path = tmp_path_factory.mktemp("config") / "tiny_memorisation.yaml"
-    OmegaConf.save(cfg, path)
-    return path
 
 
 @pytest.fixture(scope="module")

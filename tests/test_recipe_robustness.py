@@ -19,14 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from focusft.checkpointing import RECIPE_STATE
 from focusft.errors import ConfigError
 from focusft.run_guard import LAUNCHER_GONE_EXIT_CODE, REPORTED_ERROR_EXIT_CODE, lock_output_dir
-from focusft.tiny import write_tiny_checkpoint
-from tests.test_recipe import BASE, SFT, SHIPPED_CONFIG, read_metrics
+from tests.test_recipe import BASE, SFT, read_metrics
 from tests.test_run_guard import alive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,20 +67,6 @@ def assert_all_checkpoints_finite(out: Path) -> None:
     for path in [p for p in out.iterdir() if p.name.startswith(("epoch_", "step_"))]:
         for name, tensor in checkpoint_weights(path).items():
             assert torch.isfinite(tensor).all(), f"{path.name}: {name}"
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "base")
-
-
-@pytest.fixture(scope="module")
-def config(tmp_path_factory) -> Path:
-    cfg = OmegaConf.load(SHIPPED_CONFIG)
-    cfg.dataset = {"_component_": "tests.recipe_data.memorisation_dataset", "num_samples": 8}
-    path = tmp_path_factory.mktemp("config") / "tiny_memorisation.yaml"
-    OmegaConf.save(cfg, path)
-    return path
 
 
 def test_non_finite_steps_are_skipped_on_every_rank_and_too_many_in_a_row_stop(config, base_dir, tmp_path):
