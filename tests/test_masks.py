@@ -196,17 +196,9 @@ def test_causal_shortcut_gives_the_same_losses_and_gradients(seed):
     labels = torch.where(layout.valid & ~layout.context, tokens, -100).roll(-1, dims=1)
     labels[:, -1] = -100
     pos = document_positions(layout.doc)
-    results = []
-    for mask in (build_mask(layout, "causal", "dense"), dense_mask(layout, "causal")):
-        model = seeded_tiny_qwen2_5(0)
-        logits = model(tokens, mask=mask, input_pos=pos)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        loss.backward()
-        results.append((loss, [p.grad for p in model.parameters()]))
-    (loss, grads), (ref_loss, ref_grads) = results
-    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-6)
+    assert_same_loss_and_gradients(
+        tokens, labels, pos, build_mask(layout, "causal", "dense"), dense_mask(layout, "causal")
+    )
 
 
 def test_compiled_block_mask_equals_eager_block_mask():
@@ -226,10 +218,15 @@ def test_additive_dense_mask_gives_the_same_losses_and_gradients_as_the_bool_mas
     pos = document_positions(layout.doc)
     additive = build_mask(layout, mode, "dense", dtype=torch.float32)
     assert additive.dtype == torch.float32 and torch.equal(additive == 0, dense_mask(layout, mode))
+    assert_same_loss_and_gradients(tokens, labels, pos, additive, dense_mask(layout, mode))
+
+
+def assert_same_loss_and_gradients(tokens, labels, pos, mask, reference_mask):
+    """The tiny decoder trained with ``mask`` gives the loss and gradients it gives with ``reference_mask``."""
     results = []
-    for mask in (additive, dense_mask(layout, mode)):
+    for m in (mask, reference_mask):
         model = seeded_tiny_qwen2_5(0)
-        logits = model(tokens, mask=mask, input_pos=pos)
+        logits = model(tokens, mask=m, input_pos=pos)
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         loss.backward()
         results.append((loss, [p.grad for p in model.parameters()]))
