@@ -39,11 +39,11 @@ class Stage:
         return marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(self.settings))
 
 
-def run_stage(stage: Stage, log_dir: Path, echo: bool = True, force: bool = False) -> bool:
+def run_stage(stage: Stage, log_dir: Path, echo: bool = True, force: bool = False, program: str = "demo") -> bool:
     """Run ``stage`` unless it is done (``force``: an input of it was just rebuilt); returns whether it ran.
 
     Output goes to ``log_dir/<name>.log`` and, when ``echo``, to the terminal as it comes
-    (progress bars included).
+    (progress bars included). ``program`` names the caller in the failure message.
     """
     if not force and stage.done():
         print(f"[{stage.name}] reusing {stage.output}", flush=True)
@@ -71,7 +71,7 @@ def run_stage(stage: Stage, log_dir: Path, echo: bool = True, force: bool = Fals
                 sys.stdout.flush()
         returncode = process.wait()
     if returncode != 0:
-        raise StageError(f"demo stage '{stage.name}' failed (exit code {returncode}); see its log: {log}")
+        raise StageError(f"{program} stage '{stage.name}' failed (exit code {returncode}); see its log: {log}")
     stage.output.mkdir(parents=True, exist_ok=True)
     (stage.output / MARKER).write_text(json.dumps(stage.settings, indent=1))
     return True
