@@ -185,3 +185,34 @@ def test_tiny_model_rollouts_with_transformers_repeat_with_the_seed(
     assert len(runs[0]) == 2 and runs[0] == runs[1]
     for record in runs[0]:
         assert record["messages"][-1]["role"] in ("assistant", "tool") and record["turns"] >= 1
+
+
+def test_a_run_killed_with_sigkill_resumes_without_redoing_finished_rollouts(
+    tmp_path: Path, problems_file: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    slow = _call("import time; time.sleep(1.5); print('done')")
+    script = _script(tmp_path, {"*": [slow, "\\boxed{A}"]})
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "focusft.agent.cli", "unused", "--data", str(problems_file),
+               "--backend", "script", "--script", str(script), "--output-dir", str(out),
+               "--rollouts", "2", "--batch-size", "1"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    transcript = out / "transcripts.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (transcript.exists() and transcript.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _records(out)
+    assert 2 <= len(before) < 6
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+    after = _records(out)
+    assert after[: len(before)] == before and len(after) == 6
+    assert sorted((r["problem_id"], r["rollout"]) for r in after) == [(f"p{i}", r) for i in range(3) for r in range(2)]
