@@ -113,6 +113,8 @@ def read_transcripts(path: Path) -> list[dict[str, Any]]:
 
 @dataclass
 class RolloutSettings:
+    """How many rollouts per problem, how long each may run, and how many are generated together."""
+
     rollouts: int = 32
     max_turns: int = 16
     seed: int = 0
@@ -121,6 +123,7 @@ class RolloutSettings:
 
 
 def pending_episodes(problems: list[Problem], settings: RolloutSettings, done: set[tuple[str, int]]) -> list[Episode]:
+    """Every (problem, rollout) pair not in ``done``, each starting from the problem's prompt."""
     return [
         Episode(p, r, request_seed(settings.seed, p.id, r), p.messages())
         for p in problems
