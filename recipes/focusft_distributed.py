@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import signal
 import sys
 import time
 import warnings
@@ -65,6 +66,7 @@ from focusft.documents import fast_weight_seed
 from focusft.fast_weights import attach_fast_weight_slots
 from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask
+from focusft.preemption import Stopped, install_stop_signals, report_stop
 from focusft.run_guard import REPORTED_ERROR_EXIT_CODE, exit_when_launcher_dies, lock_output_dir
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
 
@@ -133,6 +135,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         self.steps_in_epoch = 0  # optimizer steps already taken in the current epoch (on resume)
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient, in all
         self.consecutive_skips = 0
+        self.stops = install_stop_signals()
+        self.last_saved: str | None = None  # name of the newest checkpoint this run wrote
 
     def _on_rank_zero(self, action: Callable[[], T]) -> T | None:
         """Run ``action`` on rank 0 only; a ConfigError it raises is raised on every rank."""
@@ -205,10 +209,15 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             self._restore(recipe_state)
 
         if self.is_rank_zero:
+            fast = (
+                f"fast weights on layers {self.slots.first_layer}..{self.slots.num_layers - 1} "
+                f"(one set per {self.focus.fast_weight_scope})"
+                if self.inner is not None
+                else "no fast weights (bilevel=false)"
+            )
             log.info(
                 f"{self.focus.variant}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
-                f"{self.world_size} process(es), {self.mask_kind} mask, fast weights on layers "
-                f"{self.slots.first_layer}..{self.slots.num_layers - 1} (one set per {self.focus.fast_weight_scope})"
+                f"{self.world_size} process(es), {self.mask_kind} mask, {fast}"
             )
         if self.probe is not None and self.global_step == 0:
             self._probe_attention()  # the starting point
@@ -325,8 +334,19 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         if state["dataloader"] is not None:
             self.dataloader.load_state_dict(state["dataloader"])
         torch.set_rng_state(state["rng"][self.rank])
+        if self.is_rank_zero:
+            log.info(
+                f"Resuming from {self.checkpoints.resume_dir} after step {self.global_step}: epoch "
+                f"{min(self.epochs_run + 1, self.total_epochs)}, {self.steps_in_epoch} of {self.steps_per_epoch} "
+                "steps done."
+            )
 
     def train(self) -> None:
+        """All epochs; a SIGTERM during training stops after the current step (focusft.preemption)."""
+        with self.stops.deferring_sigterm():
+            self._train()
+
+    def _train(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         for epoch in range(self.epochs_run, self.total_epochs):
             self.dataloader.sampler.set_epoch(epoch)
@@ -343,6 +363,13 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             if self.steps_in_epoch == self.steps_per_epoch:
                 self.epochs_run, self.steps_in_epoch = epoch + 1, 0
                 self._save(f"epoch_{epoch}", epoch + 1, mid_epoch=False)
+            if self.stops.stop_agreed:
+                raise Stopped(
+                    signal.SIGTERM,
+                    f"stopped by SIGTERM after step {self.global_step}; saved checkpoint "
+                    f"{self.output_dir / self.last_saved}. Resume with resume_from_checkpoint=True.",
+                    saved=True,
+                )
             if self.global_step == self.stop_after_step:
                 log.info(
                     f"Stopped after step {self.global_step} (stop_after_step); resume with resume_from_checkpoint=True."
@@ -370,7 +397,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             stats, start = self._new_stats(), time.perf_counter()
 
             end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
-            stopping = self.global_step == self.stop_after_step
+            stopping = self.global_step == self.stop_after_step or self.stops.agreed(self.device)
             if not end_of_epoch and (
                 stopping or (self.save_every_n_steps and self.global_step % self.save_every_n_steps == 0)
             ):
@@ -545,6 +572,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         broadcast_object_list(failure, src=0)
         if failure[0] is not None:
             raise CheckpointError(failure[0])
+        self.last_saved = name
 
     def cleanup(self) -> None:
         if self.is_rank_zero:
@@ -582,6 +610,20 @@ def exit_with_error(error: Exception) -> None:
 
 @config.parse
 def recipe_main(cfg: DictConfig) -> None:
+    stops = install_stop_signals()
+    try:
+        _run(cfg)
+    except Stopped as stopped:
+        report_stop(stopped, is_rank_zero=_is_rank_zero(), output_dir=cfg.get("output_dir"))
+    except Exception as error:
+        if stops.received is None:
+            raise
+        # A collective broke because another process stopped first on the same signal (or was
+        # killed): that process has said why; this one ends with the signal's exit code, quietly.
+        report_stop(Stopped(stops.received, str(error)), is_rank_zero=False)
+
+
+def _run(cfg: DictConfig) -> None:
     errors = tuple(USER_ERRORS)
     try:
         cfg, added = accept_additions(cfg)
@@ -595,6 +637,10 @@ def recipe_main(cfg: DictConfig) -> None:
     except errors as error:
         exit_with_error(error)
     recipe.cleanup()
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -37,3 +38,10 @@ class FullDiskCheckpointer(FullModelHFCheckpointer):
         partial.mkdir(parents=True, exist_ok=True)
         (partial / "model-00001-of-00001.safetensors").write_bytes(b"\0" * 4096)
         raise OSError(errno.ENOSPC, "No space left on device", str(partial))
+
+
+def slow_tiny_qwen2_5(seconds: float):
+    """The tiny model, sleeping ``seconds`` in every forward: a run long enough to be signalled mid-way."""
+    model = tiny_qwen2_5()
+    model.norm.register_forward_hook(lambda module, args, output: time.sleep(seconds))
+    return model
