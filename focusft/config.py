@@ -358,7 +358,11 @@ def check_input_files(cfg: DictConfig, base_checkpoint: bool = True) -> None:
         if value is not None:
             require(Path(str(value)).is_file(), f"tokenizer.{key} file not found: {value}")
     dataset = cfg.dataset
-    if dataset.get("source") in ("json", "parquet") and dataset.get("data_files") is not None:
+    if dataset.get("source") in ("json", "parquet"):
+        require(
+            dataset.get("data_files") is not None,
+            f"dataset.source={dataset.source} needs dataset.data_files: a path or a list of paths.",
+        )
         files = _plain(dataset.data_files)
         for name in [files] if isinstance(files, str) else files:
             require(Path(str(name)).is_file(), f"dataset.data_files file not found: {name}")

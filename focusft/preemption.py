@@ -82,12 +82,22 @@ class StopSignals:
         finally:
             self._defer = False
 
-    def agreed(self, device: torch.device) -> bool:
-        """Collective: True on every rank when any rank has a pending SIGTERM (call at a step boundary)."""
-        flag = torch.tensor([float(self.pending_sigterm)], device=device)
+    def agreed(self, device: torch.device, failure: Exception | None = None) -> bool:
+        """Collective, at a step boundary: True on every rank when any rank has a pending SIGTERM.
+
+        ``failure``: an error rank 0 kept back (e.g. metrics it could not write); it is raised
+        on every rank, so that all of them stop at this boundary.
+        """
+        flags = torch.tensor([float(self.pending_sigterm), float(failure is not None)], device=device)
         if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        self.stop_agreed = bool(flag.item())
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        sigterm, failed = flags.tolist()
+        if failed:
+            kept = [failure]
+            if torch.distributed.is_initialized():
+                torch.distributed.broadcast_object_list(kept, src=0)
+            raise kept[0]
+        self.stop_agreed = bool(sigterm)
         return self.stop_agreed
 
 

@@ -47,11 +47,18 @@ def lock_output_dir(output_dir: Path) -> IO[str]:
             f"output_dir {output_dir} is in use by another run ({holder}). Wait for it to end, or choose another "
             "output_dir."
         ) from None
-    handle.seek(0)
-    handle.truncate()
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, started {started}\n")
-    handle.flush()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, started {started}\n")
+        handle.flush()
+    except OSError as error:  # ENOSPC on a full disk: nothing else would fit either
+        handle.close()
+        raise ConfigError(
+            f"output_dir {output_dir} cannot be written ({error.strerror or error} writing {path}). Free space "
+            "there or choose another output_dir."
+        ) from None
     return handle
 
 

@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from typing import Any, TypeVar
 
@@ -45,9 +45,11 @@ from torchtune.training.lr_schedulers import get_lr
 from tqdm import tqdm
 
 from focusft.analysis.probe import AttentionProbe, AttentionProbeConfig
+from focusft.base_checks import build_tokenizer, check_base_checkpoint, check_tokenizer_files
 from focusft.batch import prepare_batch
 from focusft.bilevel import bilevel_step
 from focusft.checkpointing import LATEST, CheckpointError, CheckpointManager
+from focusft.components import check_components
 from focusft.config import (
     ConfigError,
     FocusConfig,
@@ -66,6 +68,7 @@ from focusft.documents import fast_weight_seed
 from focusft.fast_weights import attach_fast_weight_slots
 from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask
+from focusft.metric_guard import GuardedMetricLogger, MetricsError
 from focusft.preemption import Stopped, install_stop_signals, report_stop
 from focusft.run_guard import REPORTED_ERROR_EXIT_CODE, exit_when_launcher_dies, lock_output_dir
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
@@ -101,13 +104,15 @@ class TrainingError(RuntimeError):
 class FocuSFTRecipeDistributed(FTRecipeInterface):
     """Full fine-tuning of a torchtune decoder with the FocuSFT bilevel step, sharded with FSDP2."""
 
-    def __init__(self, cfg: DictConfig) -> None:
-        # Everything that can be checked without a model is checked first.
+    def __init__(self, cfg: DictConfig, added: Collection[str] = ()) -> None:
+        # Everything that can be checked without weights or data is checked first.
         self.focus = FocusConfig.from_section(cfg.get("focusft"))
         self.probe_config = AttentionProbeConfig.from_section(cfg.get("attention_probe"))
         check_training_values(cfg)
         check_device(cfg)
+        check_components(cfg, added)  # `added`: keys given as `+key=value`
         check_input_files(cfg, base_checkpoint=not cfg.get("resume_from_checkpoint", False))
+        check_tokenizer_files(cfg.tokenizer)
         self.output_dir = check_output_dir(cfg.output_dir)
 
         self.device = utils.get_device(device=cfg.device)
@@ -139,16 +144,17 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         self.last_saved: str | None = None  # name of the newest checkpoint this run wrote
 
     def _on_rank_zero(self, action: Callable[[], T]) -> T | None:
-        """Run ``action`` on rank 0 only; a ConfigError it raises is raised on every rank."""
+        """Run ``action`` on rank 0 only; a ConfigError or CheckpointError it raises is raised on every rank."""
         result, message = None, [None]
         if self.is_rank_zero:
             try:
                 result = action()
-            except ConfigError as error:
-                message = [str(error)]
+            except (ConfigError, CheckpointError) as error:
+                message = [(type(error), str(error))]
         broadcast_object_list(message, src=0)
         if message[0] is not None:
-            raise ConfigError(message[0])
+            kind, text = message[0]
+            raise kind(text)
         return result
 
     def setup(self, cfg: DictConfig) -> None:
@@ -176,7 +182,9 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         # As torchtune does, the logger comes before data and model: a missing package fails fast.
         self.metric_logger = self._on_rank_zero(lambda: self._setup_metric_logger(cfg))
 
-        self.tokenizer = config.instantiate(cfg.tokenizer)
+        if self.checkpoints.resume_dir is None:  # a checkpoint of this run was checked when it was written
+            self._on_rank_zero(lambda: check_base_checkpoint(cfg))
+        self.tokenizer = build_tokenizer(cfg.tokenizer)
         self.dataloader = self._setup_data(cfg)
         self.steps_per_epoch = len(self.dataloader) // self.grad_accum
         if self.steps_per_epoch == 0:
@@ -222,13 +230,13 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         if self.probe is not None and self.global_step == 0:
             self._probe_attention()  # the starting point
 
-    def _setup_metric_logger(self, cfg: DictConfig):
+    def _setup_metric_logger(self, cfg: DictConfig) -> GuardedMetricLogger:
         try:
             metric_logger = config.instantiate(cfg.metric_logger)
-        except ImportError as error:
+            metric_logger.log_config(cfg)
+        except (ImportError, TypeError, ValueError, OSError) as error:
             raise ConfigError(f"metric_logger {cfg.metric_logger.get('_component_')} cannot be used: {error}") from None
-        metric_logger.log_config(cfg)
-        return metric_logger
+        return GuardedMetricLogger(metric_logger, _metrics_destination(cfg), self.output_dir)
 
     def _setup_data(self, cfg: DictConfig) -> StatefulDataLoader:
         dataset = config.instantiate(cfg.dataset, self.tokenizer)
@@ -397,7 +405,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             stats, start = self._new_stats(), time.perf_counter()
 
             end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
-            stopping = self.global_step == self.stop_after_step or self.stops.agreed(self.device)
+            stopping = self.global_step == self.stop_after_step
+            stopping |= self.stops.agreed(self.device, failure=getattr(self.metric_logger, "failure", None))
             if not end_of_epoch and (
                 stopping or (self.save_every_n_steps and self.global_step % self.save_every_n_steps == 0)
             ):
@@ -586,6 +595,7 @@ USER_ERRORS: dict[type[Exception], str] = {
     DataError: "data",
     CheckpointError: "checkpoint",
     TrainingError: "training",
+    MetricsError: "metrics",
 }
 
 
@@ -628,15 +638,15 @@ def _run(cfg: DictConfig) -> None:
     try:
         cfg, added = accept_additions(cfg)
         check_known_keys(cfg, added)
-        recipe = FocuSFTRecipeDistributed(cfg=cfg)
+        recipe = FocuSFTRecipeDistributed(cfg=cfg, added=added)
         recipe.setup(cfg=cfg)
     except errors as error:
         exit_with_error(error)
     try:
         recipe.train()
+        recipe.cleanup()
     except errors as error:
         exit_with_error(error)
-    recipe.cleanup()
 
 
 def _is_rank_zero() -> bool:

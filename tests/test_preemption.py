@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from focusft.launch import wants_help
+from focusft.metric_guard import GuardedMetricLogger, MetricsError
 from focusft.preemption import Stopped, StopSignals
 from tests.test_recipe import BASE, SFT, read_metrics
 from tests.test_recipe_robustness import REPO, checkpoint_weights, launch, launch_command
@@ -127,3 +129,15 @@ def test_sigint_stops_with_one_line_and_exit_130(config, base_dir, tmp_path):
     assert not re.search(r"Traceback|error:|death signal|closing signal", stderr), stderr[-3000:]
     lines = re.findall(r"FocuSFT:[^\r\n]*", stderr)
     assert len(lines) == 1 and lines[0].startswith("FocuSFT: stopped by SIGINT; nothing was saved"), stderr[-3000:]
+
+
+def test_a_metrics_write_error_is_kept_and_raised_at_the_step_boundary(tmp_path):
+    class FullDisk:
+        def log_dict(self, metrics, step):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    guarded = GuardedMetricLogger(FullDisk(), str(tmp_path / "logs"), tmp_path)
+    guarded.log_dict({"loss": 1.0}, step=7)  # rank 0 goes on to the step boundary
+    assert isinstance(guarded.failure, MetricsError)
+    with pytest.raises(MetricsError, match=rf"cannot write the metrics of step 7 to {tmp_path / 'logs'}: No space"):
+        StopSignals().agreed(torch.device("cpu"), failure=guarded.failure)
