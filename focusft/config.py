@@ -29,6 +29,7 @@ from focusft.documents import FAST_WEIGHT_SCOPES, FastWeightScope
 from focusft.errors import ConfigError
 from focusft.fast_weights import FastWeightConfig
 from focusft.masks import MASK_MODES, MaskMode
+from focusft.run_guard import unwritable_reason
 
 MaskKind = Literal["dense", "block"]
 MASK_KINDS = ("auto", "dense", "block")
@@ -325,7 +326,8 @@ def check_output_dir(output_dir: Any) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"output_dir {path} cannot be created: {error.strerror or error}.") from None
-    require(os.access(path, os.W_OK | os.X_OK), f"output_dir {path} is not writable.")
+    reason = unwritable_reason(path)
+    require(reason is None, f"output_dir {reason}; choose another output_dir.")
     return path
 
 

@@ -1,5 +1,6 @@
 """``focusft-attention`` end to end on the tiny checkpoint: report, plots, errors, a 4K-token sample's memory."""
 
+import errno
 import json
 import re
 from pathlib import Path
@@ -81,3 +82,23 @@ def test_a_4k_token_sample_runs_layer_by_layer_in_little_memory(tiny_dir, tokeni
     assert metrics.heatmap.shape == (512, 512)
     # One layer's [heads, s, s] fp32 maps are 268 MB here; all layers' would be 1.07 GB.
     assert peak < 1.0 * 2**20
+
+
+@pytest.mark.parametrize("target", ["a file", "read-only"])
+def test_an_output_dir_that_cannot_be_written_is_one_line_before_any_model(
+    tiny_dir, tmp_path, capsys, monkeypatch, target
+):
+    out = tmp_path / "out"
+    if target == "a file":
+        out.write_text("")
+        expected = f"--output-dir {out} is a file, not a folder."
+    else:  # what a read-only mount or `chattr +i` gives, even to root
+        monkeypatch.setattr("focusft.run_guard.tempfile.TemporaryFile", _read_only)
+        expected = f"--output-dir {out} cannot be written: Read-only file system."
+    monkeypatch.setattr("focusft.analysis.cli.read_checkpoint", lambda *a: pytest.fail("read before the check"))
+    assert main([str(tiny_dir), "--synthetic", "qa1", "--output-dir", str(out), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == f"focusft-attention: error: {expected}"
+
+
+def _read_only(*args, **kwargs):
+    raise OSError(errno.EROFS, "Read-only file system")
