@@ -1,6 +1,5 @@
 """``focusft-attention`` end to end on the tiny checkpoint: report, plots, errors, a 4K-token sample's memory."""
 
-import errno
 import json
 import re
 from pathlib import Path
@@ -14,6 +13,7 @@ from focusft.analysis.measure import decoder_forward, measure_attention
 from focusft.analysis.sample import synthetic_sample
 from focusft.data.synthetic import generate_samples
 from focusft.eval.checkpoint import load_model, read_checkpoint
+from tests.unwritable import KINDS, unwritable_dir
 
 PLOTS = ["sink_mass_per_layer.png", "attention_budget.png", "positional_profile.png", "attention_heatmap.png"]
 
@@ -84,21 +84,11 @@ def test_a_4k_token_sample_runs_layer_by_layer_in_little_memory(tiny_dir, tokeni
     assert peak < 1.0 * 2**20
 
 
-@pytest.mark.parametrize("target", ["a file", "read-only"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_an_output_dir_that_cannot_be_written_is_one_line_before_any_model(
-    tiny_dir, tmp_path, capsys, monkeypatch, target
+    tiny_dir, tmp_path, capsys, monkeypatch, kind
 ):
-    out = tmp_path / "out"
-    if target == "a file":
-        out.write_text("")
-        expected = f"--output-dir {out} is a file, not a folder."
-    else:  # what a read-only mount or `chattr +i` gives, even to root
-        monkeypatch.setattr("focusft.run_guard.tempfile.TemporaryFile", _read_only)
-        expected = f"--output-dir {out} cannot be written: Read-only file system."
+    out, reason = unwritable_dir(tmp_path, kind, monkeypatch)
     monkeypatch.setattr("focusft.analysis.cli.read_checkpoint", lambda *a: pytest.fail("read before the check"))
     assert main([str(tiny_dir), "--synthetic", "qa1", "--output-dir", str(out), "--device", "cpu"]) == 2
-    assert capsys.readouterr().err.strip() == f"focusft-attention: error: {expected}"
-
-
-def _read_only(*args, **kwargs):
-    raise OSError(errno.EROFS, "Read-only file system")
+    assert capsys.readouterr().err.strip() == f"focusft-attention: error: --output-dir {reason}."

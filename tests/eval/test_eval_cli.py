@@ -1,6 +1,5 @@
 """focusft-eval: lm-eval passthrough, the offline and paper suites, comparisons, and clear errors."""
 
-import errno
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from focusft.eval.suites import (
     offline_suite,
     paper_suite,
 )
+from tests.unwritable import KINDS, unwritable_dir
 
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
 
@@ -155,27 +155,17 @@ def test_suite_console_has_no_third_party_noise_outside_a_git_repository(tiny_di
     assert json.loads((tmp_path / "out" / "lm_eval" / "offline_512.json").read_text())["git_hash"] is None
 
 
-def _read_only(*args, **kwargs):
-    raise OSError(errno.EROFS, "Read-only file system")
-
-
-@pytest.mark.parametrize("target", ["a file", "read-only"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_an_output_dir_that_cannot_be_written_is_one_line_before_data_and_model(
-    tiny_dir, tmp_path, capsys, monkeypatch, target
+    tiny_dir, tmp_path, capsys, monkeypatch, kind
 ):
-    out = tmp_path / "out"
-    if target == "a file":
-        out.write_text("")
-        expected = f"--output_dir {out} is a file, not a folder."
-    else:  # what a read-only mount or `chattr +i` gives, even to root
-        monkeypatch.setattr("focusft.run_guard.tempfile.TemporaryFile", _read_only)
-        expected = f"--output_dir {out} cannot be written: Read-only file system."
+    out, reason = unwritable_dir(tmp_path, kind, monkeypatch)
     monkeypatch.setattr("focusft.eval.cli.fetch_suite", lambda *a: pytest.fail("data fetched before the check"))
     suite = ["--suite", "offline", "--checkpoint_dir", str(tiny_dir), "--lengths", "512", "--output_dir", str(out)]
     assert main(suite) == 2
-    assert capsys.readouterr().err.strip() == f"focusft-eval: error: {expected}"
+    assert capsys.readouterr().err.strip() == f"focusft-eval: error: --output_dir {reason}."
     assert main(["--compare", str(tmp_path / "missing.json"), "--output_dir", str(out)]) == 2
-    assert capsys.readouterr().err.strip() == f"focusft-eval: error: {expected}"
+    assert capsys.readouterr().err.strip() == f"focusft-eval: error: --output_dir {reason}."
 
 
 def test_num_samples_below_one_is_one_line(tiny_dir, capsys):
