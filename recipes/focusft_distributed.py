@@ -48,7 +48,7 @@ from focusft.analysis.probe import AttentionProbe, AttentionProbeConfig
 from focusft.base_checks import build_tokenizer, check_base_checkpoint, check_tokenizer_files
 from focusft.batch import prepare_batch
 from focusft.bilevel import bilevel_step
-from focusft.checkpointing import LATEST, CheckpointError, CheckpointManager
+from focusft.checkpointing import CheckpointError, CheckpointManager, latest_name
 from focusft.components import check_components
 from focusft.config import (
     ConfigError,
@@ -499,8 +499,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
     def _stop_if_diverged(self) -> None:
         if self.consecutive_skips < self.max_consecutive_skips:
             return
-        latest = self.output_dir / LATEST
-        kept = f"{latest.read_text().strip()} stays LATEST" if latest.is_file() else "no checkpoint was written"
+        latest = latest_name(self.output_dir)
+        kept = f"{latest} stays LATEST" if latest is not None else "no checkpoint was written"
         raise TrainingError(
             f"{self.consecutive_skips} optimizer steps in a row (up to step {self.global_step}) had a non-finite "
             f"outer loss or gradient (max_consecutive_skipped_steps={self.max_consecutive_skips}); stopped, "
