@@ -10,6 +10,7 @@ parameter, so that a bad value fails with the builder's own message, in one line
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 
 import torch
@@ -34,7 +35,10 @@ def check_components(cfg: DictConfig, added: Collection[str] = ()) -> None:
         builder = import_object(section._component_, f"{key}._component_")
         check_component_arguments(builder, section, f"{key}.", {a.removeprefix(f"{key}.") for a in added})
     build_meta_model(cfg.model)
-    optimizer = _build("optimizer", cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    # On the run's own device: some optimizers (fused, 8-bit) accept only parameters on the GPU.
+    cuda = cfg.get("device") == "cuda" and torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    optimizer = _build("optimizer", cfg.optimizer, [torch.nn.Parameter(torch.zeros(1, device=device))])
     scheduler = cfg.get("lr_scheduler")
     if scheduler is not None:
         warmup = {} if "num_warmup_steps" in scheduler else {"num_warmup_steps": 0}

@@ -15,7 +15,6 @@ from focusft.base_checks import check_base_checkpoint, check_tokenizer_files
 from focusft.checkpointing import CheckpointError
 from focusft.components import check_components
 from focusft.errors import ConfigError
-from focusft.hf_files import set_chat_eos
 from focusft.tiny import write_tiny_checkpoint
 from tests.conftest import SHIPPED_CONFIG
 
@@ -169,18 +168,3 @@ def test_every_component_and_its_arguments_are_checked_up_front(base, key, value
     with pytest.raises(ConfigError) as error:
         check_components(recipe_cfg(base, **{key: value}))
     assert message in str(error.value)
-
-
-def test_a_base_without_tokenizer_config_saves_qwen_instructs(base):
-    (base / "tokenizer_config.json").unlink()
-    set_chat_eos(base)  # what every save does to the staged checkpoint
-    transformers = pytest.importorskip("transformers")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(base)
-    assert tokenizer.eos_token == "<|im_end|>"
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
-    )
-    assert text == (
-        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-    )

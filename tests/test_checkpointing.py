@@ -247,6 +247,26 @@ def test_saved_checkpoint_has_qwen_instruct_eos_and_readable_files(cfg, tmp_path
     assert set(modes.values()) == {0o644}, modes
 
 
+def test_a_base_without_tokenizer_config_saves_qwen_instructs(cfg, tmp_path):
+    from transformers import AutoTokenizer
+
+    (Path(cfg.checkpoint_dir) / "tokenizer_config.json").unlink()
+    manager = CheckpointManager(cfg, tmp_path / "run", resume=False)
+    saved = manager.save("epoch_0", manager.load_model_state(), {"global_step": 1})
+    template = (Path(__file__).parent / "fixtures" / "qwen2_5_instruct_chat_template.jinja").read_text()
+    assert json.loads((saved / "tokenizer_config.json").read_text())["chat_template"] == template
+    tokenizer = AutoTokenizer.from_pretrained(saved)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert tokenizer("<|im_start|>x<|im_end|>").input_ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
+
+
 def test_a_base_directory_without_tokenizer_json_is_a_config_error(cfg, tmp_path):
     (Path(cfg.checkpoint_dir) / "tokenizer.json").unlink()
     with pytest.raises(ConfigError, match="has no tokenizer.json"):
