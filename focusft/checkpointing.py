@@ -44,12 +44,21 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or read; the message names the path."""
 
 
+def latest_name(output_dir: Path) -> str | None:
+    """The checkpoint name ``LATEST`` holds; None if it is missing or unreadable (e.g. not UTF-8 text)."""
+    try:
+        name = (output_dir / LATEST).read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if name and "/" not in name and "\0" not in name and name not in (".", "..") else None
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     """The checkpoint ``LATEST`` names, if it is complete (has its recipe state)."""
-    marker = output_dir / LATEST
-    if not marker.is_file():
+    name = latest_name(output_dir)
+    if name is None:
         return None
-    path = output_dir / marker.read_text().strip()
+    path = output_dir / name
     return path if (path / RECIPE_STATE).is_file() else None
 
 
@@ -91,6 +100,15 @@ def _no_space_left(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError (permission denied, read-only file system, ...) behind ``error``, if one is."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _weight_files(checkpoint: Path) -> list[str]:
@@ -141,7 +159,12 @@ class CheckpointManager:
             special_token_ids(Path(overrides.get("checkpoint_dir", cfg_checkpointer.checkpoint_dir)))
         except MissingTokenizerError as err:
             raise ConfigError(str(err)) from None
-        self.checkpointer = config.instantiate(cfg_checkpointer, **overrides)
+        try:
+            self.checkpointer = config.instantiate(cfg_checkpointer, **overrides)
+        except Exception as error:  # noqa: BLE001 - a builder error is a config error (files, arguments)
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            component = cfg_checkpointer.get("_component_")
+            raise ConfigError(f"checkpointer ({component}) cannot be built: {reason}") from None
 
     def _open_resumable(self) -> tuple[Path, dict[str, Any], list[str]]:
         """The newest checkpoint whose files can be read, warning about each one skipped."""
@@ -179,7 +202,7 @@ class CheckpointManager:
         """Write checkpoint ``output_dir/name`` (HF weights, config, tokenizer files, recipe state).
 
         Raises :class:`CheckpointError` (nothing written, LATEST unchanged) if a weight is not
-        finite or the disk is full.
+        finite, the disk is full, or any other OSError (e.g. permission denied) stops the write.
         """
         final = self.output_dir / name
         bad = first_non_finite(model_state)
@@ -188,29 +211,44 @@ class CheckpointManager:
                 f"refusing to write checkpoint {final}: weight {bad} holds NaN or inf values. "
                 f"{self._latest_description()}"
             )
+        try:
+            return self._write(name, final, model_state, recipe_state, step)
+        except Exception as error:
+            shutil.rmtree(self.output_dir / STAGING, ignore_errors=True)
+            if _no_space_left(error):
+                problem = f"no space left on {self.output_dir} while writing checkpoint {name}"
+            elif (cause := _os_error(error)) is not None:
+                where = f" ({cause.filename})" if cause.filename else ""
+                problem = f"cannot write checkpoint {name} in {self.output_dir}: {cause.strerror or cause}{where}"
+            else:
+                raise
+            raise CheckpointError(
+                f"{problem}. Make room or fix the folder's permissions, then resume. {self._latest_description()}"
+            ) from None
+
+    def _write(
+        self, name: str, final: Path, model_state: dict[str, torch.Tensor], recipe_state: dict[str, Any], step: int
+    ) -> Path:
+        """Stage, then move into place and point LATEST at it (each step leaves earlier checkpoints intact)."""
         staging = self.output_dir / STAGING
         shutil.rmtree(staging, ignore_errors=True)  # leftovers of a crash during an earlier save
-        try:
-            with _quiet(log):  # torchtune's lines name the staging folder; the recipe logs the final path
-                self.checkpointer.save_checkpoint({training.MODEL_KEY: model_state}, epoch=0)
-            staged = staging / "epoch_0"
-            set_chat_eos(staged)
-            torch.save(recipe_state, staged / RECIPE_STATE)
-            (staged / PROGRESS).write_text(json.dumps({"global_step": step}))
-            make_readable(staged)
-        except Exception as error:
-            if not _no_space_left(error):
-                raise
-            shutil.rmtree(staging, ignore_errors=True)
-            raise CheckpointError(
-                f"no space left on {self.output_dir} while writing checkpoint {name}. {self._latest_description()}"
-            ) from None
+        with _quiet(log):  # torchtune's lines name the staging folder; the recipe logs the final path
+            self.checkpointer.save_checkpoint({training.MODEL_KEY: model_state}, epoch=0)
+        staged = staging / "epoch_0"
+        set_chat_eos(staged)
+        torch.save(recipe_state, staged / RECIPE_STATE)
+        (staged / PROGRESS).write_text(json.dumps({"global_step": step}))
+        make_readable(staged)
 
         if final.exists():  # a resumed run saving the same step again: keep the old one until replaced
             retired = self.output_dir / f"{STAGING}-{name}-old"
             shutil.rmtree(retired, ignore_errors=True)
             final.rename(retired)
-            staged.rename(final)
+            try:
+                staged.rename(final)
+            except OSError:
+                retired.rename(final)  # the old one back in place
+                raise
             shutil.rmtree(retired)
         else:
             staged.rename(final)

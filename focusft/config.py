@@ -29,6 +29,7 @@ from focusft.documents import FAST_WEIGHT_SCOPES, FastWeightScope
 from focusft.errors import ConfigError
 from focusft.fast_weights import FastWeightConfig
 from focusft.masks import MASK_MODES, MaskMode
+from focusft.run_guard import unwritable_reason
 
 MaskKind = Literal["dense", "block"]
 MASK_KINDS = ("auto", "dense", "block")
@@ -325,7 +326,8 @@ def check_output_dir(output_dir: Any) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"output_dir {path} cannot be created: {error.strerror or error}.") from None
-    require(os.access(path, os.W_OK | os.X_OK), f"output_dir {path} is not writable.")
+    reason = unwritable_reason(path)
+    require(reason is None, f"output_dir {reason}; choose another output_dir.")
     return path
 
 
@@ -358,7 +360,11 @@ def check_input_files(cfg: DictConfig, base_checkpoint: bool = True) -> None:
         if value is not None:
             require(Path(str(value)).is_file(), f"tokenizer.{key} file not found: {value}")
     dataset = cfg.dataset
-    if dataset.get("source") in ("json", "parquet") and dataset.get("data_files") is not None:
+    if dataset.get("source") in ("json", "parquet"):
+        require(
+            dataset.get("data_files") is not None,
+            f"dataset.source={dataset.source} needs dataset.data_files: a path or a list of paths.",
+        )
         files = _plain(dataset.data_files)
         for name in [files] if isinstance(files, str) else files:
             require(Path(str(name)).is_file(), f"dataset.data_files file not found: {name}")

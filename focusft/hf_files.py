@@ -7,7 +7,9 @@ those name ``<|endoftext|>`` as eos, so transformers, vLLM and lm-eval would kee
 generating past the end of the answer. :func:`set_chat_eos` writes the eos ids the
 model was trained to stop at, as Qwen2.5-Instruct ships them: ``generation_config.json``
 stops at ``[<|im_end|>, <|endoftext|>]``, ``config.json`` and ``tokenizer_config.json``
-name ``<|im_end|>``. :func:`make_readable` gives the files the 0644 mode of an HF download
+name ``<|im_end|>``; a base without ``tokenizer_config.json`` gets Qwen2.5-Instruct's (chat
+template included), which transformers would otherwise replace with defaults that have
+neither. :func:`make_readable` gives the files the 0644 mode of an HF download
 (safetensors writes weights 0600).
 """
 
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 TURN_END = "<|im_end|>"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+_ADDED_TOKEN_FLAGS = ("content", "lstrip", "normalized", "rstrip", "special")
 END_OF_TEXT = "<|endoftext|>"
 FILE_MODE = 0o644
 
@@ -55,7 +59,11 @@ def set_chat_eos(directory: Path) -> tuple[int, int]:
     config["eos_token_id"] = turn_end
     _write(directory / "config.json", config)
 
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+    if not (directory / TOKENIZER_CONFIG).is_file():
+        model_max_length = config.get("max_position_embeddings", 32768)
+        added = json.loads((directory / "tokenizer.json").read_text())["added_tokens"]
+        _write(directory / TOKENIZER_CONFIG, tokenizer_config(added, model_max_length))
+    for name in (TOKENIZER_CONFIG, "special_tokens_map.json"):
         path = directory / name
         if path.is_file():
             data = _read(path)
@@ -63,6 +71,30 @@ def set_chat_eos(directory: Path) -> tuple[int, int]:
             data["eos_token"] = {**eos, "content": TURN_END} if isinstance(eos, dict) else TURN_END
             _write(path, data)
     return turn_end, end_of_text
+
+
+def tokenizer_config(added_tokens: list[dict[str, Any]], model_max_length: int) -> dict[str, Any]:
+    """A Qwen2.5-Instruct ``tokenizer_config.json``: its chat template, ``<|im_end|>`` eos, the added tokens.
+
+    ``added_tokens``: the ``added_tokens`` entries of ``tokenizer.json`` (id, content, flags).
+    """
+    from focusft.tiny import CHAT_TEMPLATE  # the template as Qwen2.5-Instruct ships it
+
+    return {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "model_max_length": model_max_length,
+        "eos_token": TURN_END,
+        "pad_token": END_OF_TEXT,
+        "bos_token": None,
+        "unk_token": None,
+        "errors": "replace",
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": False,
+        "chat_template": CHAT_TEMPLATE,
+        "added_tokens_decoder": {
+            str(token["id"]): {key: token.get(key, False) for key in _ADDED_TOKEN_FLAGS} for token in added_tokens
+        },
+    }
 
 
 def make_readable(directory: Path) -> None:

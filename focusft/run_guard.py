@@ -14,6 +14,7 @@ import fcntl
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,23 @@ from focusft.errors import ConfigError  # not focusft.config: this module must i
 LOCK_FILE = ".lock"
 LAUNCHER_GONE_EXIT_CODE = 75  # EX_TEMPFAIL: nothing wrong with the run, resume it
 REPORTED_ERROR_EXIT_CODE = 3  # a worker printed its one-line `FocuSFT … error:` (focusft.launch adds nothing)
+
+
+def unwritable_reason(directory: Path) -> str | None:
+    """Why files cannot be created in ``directory`` (created if missing), or None if they can.
+
+    Creates and removes a probe file: ``os.access`` says yes to root even on a read-only mount
+    or a folder with ``chattr +i``.
+    """
+    if directory.exists() and not directory.is_dir():
+        return f"{directory} is a file, not a folder"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        return f"{directory} cannot be written: {error.strerror or error}"
+    return None
 
 
 def lock_output_dir(output_dir: Path) -> IO[str]:
@@ -47,11 +65,18 @@ def lock_output_dir(output_dir: Path) -> IO[str]:
             f"output_dir {output_dir} is in use by another run ({holder}). Wait for it to end, or choose another "
             "output_dir."
         ) from None
-    handle.seek(0)
-    handle.truncate()
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, started {started}\n")
-    handle.flush()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, started {started}\n")
+        handle.flush()
+    except OSError as error:  # ENOSPC on a full disk: nothing else would fit either
+        handle.close()
+        raise ConfigError(
+            f"output_dir {output_dir} cannot be written ({error.strerror or error} writing {path}). Free space "
+            "there or choose another output_dir."
+        ) from None
     return handle
 
 

@@ -22,6 +22,8 @@ from torchtune.models.qwen2_5 import qwen2_5_tokenizer
 from torchtune.models.qwen2_5._tokenizer import QWEN2_5_SPECIAL_TOKENS, Qwen2_5Tokenizer
 from torchtune.modules import TransformerDecoder
 
+from focusft.hf_files import tokenizer_config
+
 # Special tokens in Qwen2.5's own order; they take the ids right after the BPE vocabulary.
 SPECIAL_TOKENS: list[str] = sorted(QWEN2_5_SPECIAL_TOKENS, key=QWEN2_5_SPECIAL_TOKENS.get)
 
@@ -179,23 +181,7 @@ def write_tiny_tokenizer(
     tokenizer = train_tiny_tokenizer(vocab_size, seed, corpus)
     tokenizer.save(str(out / "tokenizer.json"))
     tokenizer.model.save(str(out), None)  # vocab.json + merges.txt
-    special_ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
-    config = {
-        "tokenizer_class": "Qwen2Tokenizer",
-        "model_max_length": TinyQwenConfig().max_seq_len,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "bos_token": None,
-        "unk_token": None,
-        "errors": "replace",
-        "clean_up_tokenization_spaces": False,
-        "split_special_tokens": False,
-        "chat_template": CHAT_TEMPLATE,
-        "added_tokens_decoder": {
-            str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False}
-            for t, i in special_ids.items()
-        },
-    }
+    config = tokenizer_config(json.loads(tokenizer.to_str())["added_tokens"], TinyQwenConfig().max_seq_len)
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return out
 

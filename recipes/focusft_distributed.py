@@ -19,10 +19,11 @@ from __future__ import annotations
 import math
 import os
 import resource
+import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from typing import Any, TypeVar
 
@@ -44,9 +45,11 @@ from torchtune.training.lr_schedulers import get_lr
 from tqdm import tqdm
 
 from focusft.analysis.probe import AttentionProbe, AttentionProbeConfig
+from focusft.base_checks import build_tokenizer, check_base_checkpoint, check_tokenizer_files
 from focusft.batch import prepare_batch
 from focusft.bilevel import bilevel_step
-from focusft.checkpointing import LATEST, CheckpointError, CheckpointManager
+from focusft.checkpointing import CheckpointError, CheckpointManager, latest_name
+from focusft.components import check_components
 from focusft.config import (
     ConfigError,
     FocusConfig,
@@ -65,6 +68,8 @@ from focusft.documents import fast_weight_seed
 from focusft.fast_weights import attach_fast_weight_slots
 from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask
+from focusft.metric_guard import GuardedMetricLogger, MetricsError
+from focusft.preemption import Stopped, install_stop_signals, report_stop
 from focusft.run_guard import REPORTED_ERROR_EXIT_CODE, exit_when_launcher_dies, lock_output_dir
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
 
@@ -99,13 +104,15 @@ class TrainingError(RuntimeError):
 class FocuSFTRecipeDistributed(FTRecipeInterface):
     """Full fine-tuning of a torchtune decoder with the FocuSFT bilevel step, sharded with FSDP2."""
 
-    def __init__(self, cfg: DictConfig) -> None:
-        # Everything that can be checked without a model is checked first.
+    def __init__(self, cfg: DictConfig, added: Collection[str] = ()) -> None:
+        # Everything that can be checked without weights or data is checked first.
         self.focus = FocusConfig.from_section(cfg.get("focusft"))
         self.probe_config = AttentionProbeConfig.from_section(cfg.get("attention_probe"))
         check_training_values(cfg)
         check_device(cfg)
+        check_components(cfg, added)  # `added`: keys given as `+key=value`
         check_input_files(cfg, base_checkpoint=not cfg.get("resume_from_checkpoint", False))
+        check_tokenizer_files(cfg.tokenizer)
         self.output_dir = check_output_dir(cfg.output_dir)
 
         self.device = utils.get_device(device=cfg.device)
@@ -133,18 +140,21 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         self.steps_in_epoch = 0  # optimizer steps already taken in the current epoch (on resume)
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient, in all
         self.consecutive_skips = 0
+        self.stops = install_stop_signals()
+        self.last_saved: str | None = None  # name of the newest checkpoint this run wrote
 
     def _on_rank_zero(self, action: Callable[[], T]) -> T | None:
-        """Run ``action`` on rank 0 only; a ConfigError it raises is raised on every rank."""
+        """Run ``action`` on rank 0 only; a ConfigError or CheckpointError it raises is raised on every rank."""
         result, message = None, [None]
         if self.is_rank_zero:
             try:
                 result = action()
-            except ConfigError as error:
-                message = [str(error)]
+            except (ConfigError, CheckpointError) as error:
+                message = [(type(error), str(error))]
         broadcast_object_list(message, src=0)
         if message[0] is not None:
-            raise ConfigError(message[0])
+            kind, text = message[0]
+            raise kind(text)
         return result
 
     def setup(self, cfg: DictConfig) -> None:
@@ -172,7 +182,9 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         # As torchtune does, the logger comes before data and model: a missing package fails fast.
         self.metric_logger = self._on_rank_zero(lambda: self._setup_metric_logger(cfg))
 
-        self.tokenizer = config.instantiate(cfg.tokenizer)
+        if self.checkpoints.resume_dir is None:  # a checkpoint of this run was checked when it was written
+            self._on_rank_zero(lambda: check_base_checkpoint(cfg))
+        self.tokenizer = build_tokenizer(cfg.tokenizer)
         self.dataloader = self._setup_data(cfg)
         self.steps_per_epoch = len(self.dataloader) // self.grad_accum
         if self.steps_per_epoch == 0:
@@ -205,21 +217,26 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             self._restore(recipe_state)
 
         if self.is_rank_zero:
+            fast = (
+                f"fast weights on layers {self.slots.first_layer}..{self.slots.num_layers - 1} "
+                f"(one set per {self.focus.fast_weight_scope})"
+                if self.inner is not None
+                else "no fast weights (bilevel=false)"
+            )
             log.info(
                 f"{self.focus.variant}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
-                f"{self.world_size} process(es), {self.mask_kind} mask, fast weights on layers "
-                f"{self.slots.first_layer}..{self.slots.num_layers - 1} (one set per {self.focus.fast_weight_scope})"
+                f"{self.world_size} process(es), {self.mask_kind} mask, {fast}"
             )
         if self.probe is not None and self.global_step == 0:
             self._probe_attention()  # the starting point
 
-    def _setup_metric_logger(self, cfg: DictConfig):
+    def _setup_metric_logger(self, cfg: DictConfig) -> GuardedMetricLogger:
         try:
             metric_logger = config.instantiate(cfg.metric_logger)
-        except ImportError as error:
+            metric_logger.log_config(cfg)
+        except (ImportError, TypeError, ValueError, OSError) as error:
             raise ConfigError(f"metric_logger {cfg.metric_logger.get('_component_')} cannot be used: {error}") from None
-        metric_logger.log_config(cfg)
-        return metric_logger
+        return GuardedMetricLogger(metric_logger, _metrics_destination(cfg), self.output_dir)
 
     def _setup_data(self, cfg: DictConfig) -> StatefulDataLoader:
         dataset = config.instantiate(cfg.dataset, self.tokenizer)
@@ -325,8 +342,19 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         if state["dataloader"] is not None:
             self.dataloader.load_state_dict(state["dataloader"])
         torch.set_rng_state(state["rng"][self.rank])
+        if self.is_rank_zero:
+            log.info(
+                f"Resuming from {self.checkpoints.resume_dir} after step {self.global_step}: epoch "
+                f"{min(self.epochs_run + 1, self.total_epochs)}, {self.steps_in_epoch} of {self.steps_per_epoch} "
+                "steps done."
+            )
 
     def train(self) -> None:
+        """All epochs; a SIGTERM during training stops after the current step (focusft.preemption)."""
+        with self.stops.deferring_sigterm():
+            self._train()
+
+    def _train(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         for epoch in range(self.epochs_run, self.total_epochs):
             self.dataloader.sampler.set_epoch(epoch)
@@ -343,6 +371,13 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             if self.steps_in_epoch == self.steps_per_epoch:
                 self.epochs_run, self.steps_in_epoch = epoch + 1, 0
                 self._save(f"epoch_{epoch}", epoch + 1, mid_epoch=False)
+            if self.stops.stop_agreed:
+                raise Stopped(
+                    signal.SIGTERM,
+                    f"stopped by SIGTERM after step {self.global_step}; saved checkpoint "
+                    f"{self.output_dir / self.last_saved}. Resume with resume_from_checkpoint=True.",
+                    saved=True,
+                )
             if self.global_step == self.stop_after_step:
                 log.info(
                     f"Stopped after step {self.global_step} (stop_after_step); resume with resume_from_checkpoint=True."
@@ -371,6 +406,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
 
             end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
             stopping = self.global_step == self.stop_after_step
+            stopping |= self.stops.agreed(self.device, failure=getattr(self.metric_logger, "failure", None))
             if not end_of_epoch and (
                 stopping or (self.save_every_n_steps and self.global_step % self.save_every_n_steps == 0)
             ):
@@ -463,8 +499,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
     def _stop_if_diverged(self) -> None:
         if self.consecutive_skips < self.max_consecutive_skips:
             return
-        latest = self.output_dir / LATEST
-        kept = f"{latest.read_text().strip()} stays LATEST" if latest.is_file() else "no checkpoint was written"
+        latest = latest_name(self.output_dir)
+        kept = f"{latest} stays LATEST" if latest is not None else "no checkpoint was written"
         raise TrainingError(
             f"{self.consecutive_skips} optimizer steps in a row (up to step {self.global_step}) had a non-finite "
             f"outer loss or gradient (max_consecutive_skipped_steps={self.max_consecutive_skips}); stopped, "
@@ -545,6 +581,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         broadcast_object_list(failure, src=0)
         if failure[0] is not None:
             raise CheckpointError(failure[0])
+        self.last_saved = name
 
     def cleanup(self) -> None:
         if self.is_rank_zero:
@@ -558,6 +595,7 @@ USER_ERRORS: dict[type[Exception], str] = {
     DataError: "data",
     CheckpointError: "checkpoint",
     TrainingError: "training",
+    MetricsError: "metrics",
 }
 
 
@@ -582,19 +620,37 @@ def exit_with_error(error: Exception) -> None:
 
 @config.parse
 def recipe_main(cfg: DictConfig) -> None:
+    stops = install_stop_signals()
+    try:
+        _run(cfg)
+    except Stopped as stopped:
+        report_stop(stopped, is_rank_zero=_is_rank_zero(), output_dir=cfg.get("output_dir"))
+    except Exception as error:
+        if stops.received is None:
+            raise
+        # A collective broke because another process stopped first on the same signal (or was
+        # killed): that process has said why; this one ends with the signal's exit code, quietly.
+        report_stop(Stopped(stops.received, str(error)), is_rank_zero=False)
+
+
+def _run(cfg: DictConfig) -> None:
     errors = tuple(USER_ERRORS)
     try:
         cfg, added = accept_additions(cfg)
         check_known_keys(cfg, added)
-        recipe = FocuSFTRecipeDistributed(cfg=cfg)
+        recipe = FocuSFTRecipeDistributed(cfg=cfg, added=added)
         recipe.setup(cfg=cfg)
     except errors as error:
         exit_with_error(error)
     try:
         recipe.train()
+        recipe.cleanup()
     except errors as error:
         exit_with_error(error)
-    recipe.cleanup()
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 if __name__ == "__main__":

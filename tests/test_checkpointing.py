@@ -43,7 +43,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(cfg, tmp_path):
         raise OSError("disk full")
 
     manager.checkpointer.save_checkpoint = crash
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=f"cannot write checkpoint epoch_1 in {out}: disk full"):
         manager.save("epoch_1", dict(state), {"global_step": 4})
     assert (out / LATEST).read_text() == "epoch_0"
     assert not (out / "epoch_1").exists()
@@ -115,6 +115,45 @@ def test_disk_full_says_no_space_left_and_keeps_latest(cfg, tmp_path):
     with pytest.raises(CheckpointError, match=f"no space left on {out} while writing checkpoint step_2"):
         manager.save("step_2", dict(state), {"global_step": 2}, step=2)
     assert (out / LATEST).read_text() == "step_1" and not (out / ".staging").exists()
+
+
+@pytest.mark.parametrize("stage", ["weights", "recipe state", "LATEST"])
+def test_permission_denied_while_saving_is_a_checkpoint_error_and_keeps_latest(cfg, tmp_path, monkeypatch, stage):
+    """What `chattr +i` on output_dir (or on a file in it) gives halfway through a save."""
+    out = tmp_path / "run"
+    manager = CheckpointManager(cfg, out, resume=False)
+    state = manager.load_model_state()
+    manager.save("step_1", dict(state), {"global_step": 1}, step=1)
+    saved = (out / "step_1" / "model-00001-of-00001.safetensors").read_bytes()
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(out / "x"))
+
+    if stage == "weights":
+        manager.checkpointer.save_checkpoint = denied
+    elif stage == "recipe state":
+        monkeypatch.setattr("focusft.checkpointing.torch.save", denied)
+    else:
+        monkeypatch.setattr("focusft.checkpointing.os.replace", denied)
+    with pytest.raises(CheckpointError) as error:
+        manager.save("step_2", dict(state), {"global_step": 2}, step=2)
+    message = str(error.value)
+    assert f"cannot write checkpoint step_2 in {out}: Operation not permitted ({out / 'x'})" in message
+    assert f"The last good checkpoint is {out / 'step_1'}." in message
+    assert (out / LATEST).read_text() == "step_1" and not (out / ".staging").exists()
+    assert (out / "step_1" / "model-00001-of-00001.safetensors").read_bytes() == saved
+
+
+def test_a_latest_file_that_is_not_text_falls_back_to_the_newest_checkpoint(cfg, tmp_path):
+    out = tmp_path / "run"
+    manager = CheckpointManager(cfg, out, resume=False)
+    state = manager.load_model_state()
+    manager.save("epoch_0", dict(state), {"global_step": 2}, step=2)
+    manager.save("step_3", dict(state), {"global_step": 3}, step=3)
+    for garbage in (b"\xff\xfe\x00step", b"../elsewhere", b""):
+        (out / LATEST).write_bytes(garbage)
+        resumed = CheckpointManager(cfg, out, resume=True)
+        assert resumed.resume_dir == out / "step_3" and resumed.load_recipe_state() == {"global_step": 3}
 
 
 def corrupt(path):
@@ -206,6 +245,26 @@ def test_saved_checkpoint_has_qwen_instruct_eos_and_readable_files(cfg, tmp_path
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in saved.iterdir()}
     assert "model-00001-of-00001.safetensors" in modes and "generation_config.json" in modes
     assert set(modes.values()) == {0o644}, modes
+
+
+def test_a_base_without_tokenizer_config_saves_qwen_instructs(cfg, tmp_path):
+    from transformers import AutoTokenizer
+
+    (Path(cfg.checkpoint_dir) / "tokenizer_config.json").unlink()
+    manager = CheckpointManager(cfg, tmp_path / "run", resume=False)
+    saved = manager.save("epoch_0", manager.load_model_state(), {"global_step": 1})
+    template = (Path(__file__).parent / "fixtures" / "qwen2_5_instruct_chat_template.jinja").read_text()
+    assert json.loads((saved / "tokenizer_config.json").read_text())["chat_template"] == template
+    tokenizer = AutoTokenizer.from_pretrained(saved)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert tokenizer("<|im_start|>x<|im_end|>").input_ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
 
 
 def test_a_base_directory_without_tokenizer_json_is_a_config_error(cfg, tmp_path):

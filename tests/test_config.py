@@ -91,6 +91,9 @@ def test_missing_files_are_named(tmp_path):
     base = write_tiny_checkpoint(tmp_path / "base")
     cfg = OmegaConf.merge(OmegaConf.load(REPO_CONFIG), {"base_dir": str(base)})
     check_input_files(cfg)
+    no_files = OmegaConf.merge(cfg, {"dataset": {"source": "json", "data_files": None}})
+    with pytest.raises(ConfigError, match="dataset.source=json needs dataset.data_files"):
+        check_input_files(no_files)
     (base / "merges.txt").unlink()
     with pytest.raises(ConfigError, match="tokenizer.merges_file file not found: .*merges.txt"):
         check_input_files(cfg)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from focusft.checkpointing import RECIPE_STATE
 from focusft.errors import ConfigError
@@ -160,6 +161,16 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_no_staging(config, base
     assert [row["lr"] for row in read_metrics(tmp_path)] == [0.0, pytest.approx(0.5e-3)]
 
 
+def test_a_disk_filling_while_metrics_are_logged_stops_every_rank_with_one_line(config, base_dir, tmp_path):
+    args = [*BASE, "epochs=2", "batch_size=2", *SFT, f"base_dir={base_dir}", f"output_dir={tmp_path}"]
+    logger = ["metric_logger._component_=tests.recipe_faults.FullDiskLogger", "+metric_logger.full_after=2"]
+    proc = launch(config, 2, [*args, *logger])
+    line = error_line(proc, "metrics")
+    assert f"cannot write the metrics of step 3 to {tmp_path / 'logs'}: No space left on device" in line
+    assert f"the last checkpoint is {tmp_path / 'epoch_0'}" in line
+    assert [row["step"] for row in read_metrics(tmp_path)] == [1, 2]
+
+
 def write_rows(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -170,9 +181,13 @@ GOOD = {"messages": [{"role": "user", "content": "Where is Mary?"}, {"role": "as
 BAD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"name": "f<|im_end|>"}]}]}
 
 
-def bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], str, str]]:
+def bad_input_cases(tmp: Path, base_dir: Path) -> dict[str, tuple[list[str], str, str]]:
     """name -> (overrides, error kind, text the line must hold)."""
     (tmp / "a_file").write_text("")
+    nan_base = Path(shutil.copytree(base_dir, tmp / "nan_base"))
+    weights = load_file(nan_base / "model.safetensors")
+    weights["model.layers.1.mlp.up_proj.weight"][0, 0] = math.nan
+    save_file(weights, nan_base / "model.safetensors", metadata={"format": "pt"})
     rows = write_rows(tmp / "rows.jsonl", [GOOD, BAD])
     instruct = write_rows(tmp / "instruct.jsonl", [{"input": "Where is Mary?", "output": "kitchen"}] * 8)
     return {
@@ -203,6 +218,16 @@ def bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], str, str]]:
             "metric_logger torchtune.training.metric_logging.WandBLogger cannot be used",
         ),
         "cuda without a GPU": (["device=cuda"], "config", "device=cuda, but this process sees no CUDA GPU"),
+        "unknown model component": (
+            ["model=focusft.tiny.tiny_qwen3"],
+            "config",
+            "`model._component_` 'focusft.tiny.tiny",
+        ),
+        "NaN in the base weights": (
+            [f"base_dir={nan_base}"],
+            "checkpoint",
+            f"base weight model.layers.1.mlp.up_proj.weight in {nan_base / 'model.safetensors'} holds 1 NaN",
+        ),
     }
 
 
@@ -220,12 +245,14 @@ CASES = [
         marks=pytest.mark.skipif(bool(__import__("importlib").util.find_spec("wandb")), reason="wandb installed"),
     ),
     pytest.param("cuda without a GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
+    "unknown model component",
+    "NaN in the base weights",
 ]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_one_line_before_compute(config, base_dir, tmp_path, case):
-    overrides, kind, text = bad_input_cases(tmp_path)[case]
+    overrides, kind, text = bad_input_cases(tmp_path, base_dir)[case]
     out = tmp_path / "out"
     proc = launch(config, 1, [*BASE, f"base_dir={base_dir}", f"output_dir={out}", *overrides])
     assert text in error_line(proc, kind)

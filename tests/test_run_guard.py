@@ -1,5 +1,6 @@
 """One run per output_dir, and workers that end when their launcher is killed."""
 
+import errno
 import os
 import signal
 import socket
@@ -34,6 +35,29 @@ def test_a_second_holder_is_refused_with_the_first_ones_host_and_pid(tmp_path):
         holder.kill()
         holder.wait()
     lock_output_dir(tmp_path).close()  # the kernel dropped the lock with its holder
+
+
+class FullDiskFile:
+    """A file on a full disk: opening works, writing its first block fails with ENOSPC."""
+
+    def __init__(self, path, mode):
+        self.file = open(path, mode)  # noqa: SIM115
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def flush(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_at_start_is_one_config_error_naming_the_lock_file(tmp_path, monkeypatch):
+    monkeypatch.setattr("focusft.run_guard.open", FullDiskFile, raising=False)
+    with pytest.raises(ConfigError) as error:
+        lock_output_dir(tmp_path)
+    assert str(error.value) == (
+        f"output_dir {tmp_path} cannot be written (No space left on device writing {tmp_path / '.lock'}). "
+        "Free space there or choose another output_dir."
+    )
 
 
 def alive(pid: int) -> bool:

@@ -25,6 +25,7 @@ from focusft.data.synthetic import SPLITS, SYNTHETIC_TASKS
 from focusft.eval.checkpoint import QwenCheckpoint, load_model, load_tokenizer, read_checkpoint
 from focusft.eval.errors import CheckpointError
 from focusft.masks import MASK_MODES
+from focusft.run_guard import unwritable_reason
 
 
 class UsageError(ValueError):
@@ -76,6 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> tuple[list[QwenCheckpoint], list[str], list[str], torch.device]:
     """Everything that can be wrong, before any model is loaded."""
+    unwritable = unwritable_reason(args.output_dir)
+    if unwritable is not None:
+        raise UsageError(f"--output-dir {unwritable}.")
     checkpoints = [read_checkpoint(path, args.tokenizer) for path in args.checkpoints]
     labels = args.label or [str(path) for path in args.checkpoints]
     if len(labels) != len(checkpoints):

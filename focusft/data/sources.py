@@ -27,7 +27,7 @@ def load_rows(source: str, data_files: str | list[str] | None = None, split: str
     """Rows of local ``json`` (JSON Lines or a JSON array) or ``parquet`` files, or of a hub dataset by name."""
     if source in ("json", "parquet"):
         if not data_files:
-            raise ValueError(f"source={source!r} needs data_files (a path or a list of paths).")
+            raise DataError(f"dataset.source={source} needs dataset.data_files: a path or a list of paths.")
         paths = [Path(p) for p in ([data_files] if isinstance(data_files, str) else data_files)]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
@@ -67,21 +67,36 @@ def _parse_line(line: bytes) -> Any:
 
 
 def _parquet_rows(path: Path) -> Iterator[Row]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for index, row in enumerate(pq.read_table(path).to_pylist()):
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path} is not a readable Parquet file ({reason}).") from None
+    for index, row in enumerate(table.to_pylist()):
         yield f"{path} row {index}", row
 
 
 def _hub_rows(name: str, data_files: str | list[str] | None, split: str, **hub_kwargs) -> list[Row]:
+    """A dataset by name: asks the Hub first whether it answers (datasets would retry for ~25 s, then fail)."""
     import datasets
+    from huggingface_hub import constants
 
+    from focusft.eval.preflight import hub_unreachable_reason
+
+    offline_hint = (
+        "Offline, use source=json or source=parquet with local data_files (or set HF_HUB_OFFLINE=1 to use a copy "
+        "in the local datasets cache)."
+    )
+    if not Path(name).exists() and not constants.HF_HUB_OFFLINE:
+        reason = hub_unreachable_reason()
+        if reason is not None:
+            raise DataError(f"dataset {name!r} comes from the Hugging Face Hub, but {reason}. {offline_hint}")
     try:
         dataset = datasets.load_dataset(name, data_files=data_files, split=split, **hub_kwargs)
-    except OSError as err:  # ConnectionError, missing dataset, offline mode
-        raise OSError(
-            f"Could not load dataset {name!r} (split {split!r}) from the Hugging Face Hub: {err}. "
-            "Loading a dataset by name needs network access to the Hub; offline, use source=json or "
-            "source=parquet with local data_files."
-        ) from err
+    except Exception as err:  # noqa: BLE001 - ConnectionError, missing dataset or split, offline mode, bad kwargs
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"Could not load dataset {name!r} (split {split!r}): {reason}. {offline_hint}") from None
     return [(f"{name} [{split}] row {index}", row) for index, row in enumerate(dataset)]

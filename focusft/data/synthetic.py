@@ -409,7 +409,7 @@ class _TokenCounter:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m focusft.data.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--task", required=True, choices=SYNTHETIC_TASKS)
     parser.add_argument("--num-samples", type=int, required=True)
     parser.add_argument("--target-tokens", type=int, required=True)
@@ -424,7 +424,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.tokenizer_dir:
         from focusft.tiny import load_tiny_tokenizer  # loads any Qwen2.5 tokenizer directory
 
-        tokenizer = load_tiny_tokenizer(args.tokenizer_dir)
+        folder = Path(args.tokenizer_dir)
+        missing = [name for name in ("vocab.json", "merges.txt", "tokenizer.json") if not (folder / name).is_file()]
+        if not folder.is_dir():
+            parser.error(f"--tokenizer-dir {folder} is not a folder.")
+        if missing:
+            parser.error(f"--tokenizer-dir {folder} lacks {', '.join(missing)} (a Qwen2.5 tokenizer's files).")
+        try:
+            tokenizer = load_tiny_tokenizer(folder)
+        except Exception as error:  # noqa: BLE001 - files that do not parse
+            parser.error(f"--tokenizer-dir {folder}: its tokenizer files cannot be read ({error}).")
     samples = generate_samples(
         args.task,
         num_samples=args.num_samples,

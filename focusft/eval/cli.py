@@ -21,6 +21,9 @@ from focusft.eval.errors import EvalError
 from focusft.eval.report import load_report, markdown_table
 from focusft.eval.runner import evaluate_suite, fetch_suite, first_line, is_network_error
 from focusft.eval.suites import TASKS_DIR, offline_suite, paper_suite
+from focusft.run_guard import unwritable_reason
+
+USAGE_ERROR_EXIT_CODE = 2  # as argparse: the command cannot run as given
 
 BACKENDS = {"focusft": "checkpoint_dir", "hf": "pretrained", "vllm": "pretrained"}
 
@@ -78,8 +81,10 @@ def run_suite_command(argv: list[str]) -> int:
         raise EvalError(
             "The offline suite's prompts are already in the Qwen2.5 chat format; drop --apply_chat_template."
         )
-    if args.suite == "paper" and (args.lengths or args.num_samples):
+    if args.suite == "paper" and (args.lengths or args.num_samples is not None):
         raise EvalError("--lengths and --num_samples apply to the offline suite only.")
+    if args.num_samples is not None and args.num_samples < 1:
+        raise EvalError(f"--num_samples must be at least 1, got {args.num_samples}.")
     checkpoint_dir = str(Path(args.checkpoint_dir).resolve())
     label = args.label or Path(checkpoint_dir).name
     model_args = {BACKENDS[args.backend]: args.checkpoint_dir, "dtype": args.dtype}
@@ -89,9 +94,9 @@ def run_suite_command(argv: list[str]) -> int:
         runs = offline_suite(_csv(args.lengths), only, args.num_samples)
     else:
         runs = paper_suite(str(model_args.get("tokenizer") or checkpoint_dir), only)
+    output_dir = _writable(args.output_dir or f"eval_results/{label}-{args.suite}")  # before data and model
     loaded = fetch_suite(runs, model_args)  # before the model: a suite that cannot run fails fast
     lm = get_model(args.backend).create_from_arg_obj(model_args, {"batch_size": args.batch_size, "device": args.device})
-    output_dir = Path(args.output_dir or f"eval_results/{label}-{args.suite}")
     report = evaluate_suite(
         loaded,
         lm,
@@ -116,18 +121,25 @@ def run_suite_command(argv: list[str]) -> int:
 def run_compare_command(argv: list[str]) -> int:
     args = _compare_parser().parse_args(argv)
     labels = _csv(args.labels) or []
+    out = _writable(args.output_dir) if args.output_dir else None
     if labels and len(labels) != len(args.compare):
         raise EvalError(f"--labels names {len(labels)} reports but --compare has {len(args.compare)}.")
     reports = [load_report(path, labels[i] if labels else None) for i, path in enumerate(args.compare)]
     table = markdown_table(reports, reference=args.reference)
     print(table)
-    if args.output_dir:
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         (out / "comparison.md").write_text("# Comparison\n\n" + table)
         (out / "comparison.json").write_text(json.dumps([r.to_json() for r in reports], indent=2))
         print(f"Wrote {out / 'comparison.md'} and {out / 'comparison.json'}")
     return 0
+
+
+def _writable(path: str) -> Path:
+    """``--output_dir`` as a folder files can be written to (created if missing), checked before any work."""
+    reason = unwritable_reason(Path(path))
+    if reason is not None:
+        raise EvalError(f"--output_dir {reason}.")
+    return Path(path)
 
 
 def run_lm_eval(argv: list[str]) -> int:
@@ -168,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"focusft-eval: error: a task needs network access to download its data: {first_line(err)}", file=sys.stderr
         )
-    return 1
+    return USAGE_ERROR_EXIT_CODE
 
 
 if __name__ == "__main__":

@@ -52,15 +52,37 @@ def load_run(run: EvalRun, model_args: dict[str, Any]) -> tuple[TaskManager, lis
         if not manager.match_tasks([name]):
             raise SuiteError(f"Unknown task {name!r}: lm-eval {lm_eval.__version__} has no task or group of that name.")
         source = PAPER_DATA_SOURCES.get(name, "its dataset")
+        tokenizer = model_args.get("tokenizer") or run.metadata.get("tokenizer") or "of the model"
+        at = f" at {', '.join(run.lengths)}" if run.lengths else ""
+        unfit = (
+            f"task {name}{at} has no sample: its generator fits none within the lengths with the tokenizer "
+            f"{tokenizer}; use longer lengths or the tokenizer of a real Qwen2.5 model"
+        )
         try:
-            tasks += manager.load(name)["tasks"].values()  # suites name leaf tasks, never groups
+            built = list(manager.load(name)["tasks"].values())  # suites name leaf tasks, never groups
         except ImportError as err:
             failures.append(f"task {name} needs the Python package '{err.name}' (pip install 'focusft[paper]'): {err}")
+            continue
+        except ZeroDivisionError:  # a generator dividing by the number of samples or words it could fit
+            failures.append(unfit)
+            continue
         except Exception as err:
             if not is_network_error(err):
                 raise
             failures.append(f"task {name} needs network access to download {source}: {first_line(err)}")
+            continue
+        if any(not _has_docs(task) for task in built):  # lm-eval would divide by zero when scoring it
+            failures.append(unfit)
+        tasks += built
     return manager, tasks, failures
+
+
+def _has_docs(task: Any) -> bool:
+    """Whether an lm-eval task has evaluation documents (a task it cannot count is assumed to have some)."""
+    try:
+        return len(task.eval_docs) > 0
+    except (AttributeError, TypeError):
+        return True
 
 
 def offline_failures(runs: list[EvalRun], reason: str) -> list[str]:

@@ -13,6 +13,7 @@ from focusft.analysis.measure import decoder_forward, measure_attention
 from focusft.analysis.sample import synthetic_sample
 from focusft.data.synthetic import generate_samples
 from focusft.eval.checkpoint import load_model, read_checkpoint
+from tests.unwritable import KINDS, unwritable_dir
 
 PLOTS = ["sink_mass_per_layer.png", "attention_budget.png", "positional_profile.png", "attention_heatmap.png"]
 
@@ -81,3 +82,13 @@ def test_a_4k_token_sample_runs_layer_by_layer_in_little_memory(tiny_dir, tokeni
     assert metrics.heatmap.shape == (512, 512)
     # One layer's [heads, s, s] fp32 maps are 268 MB here; all layers' would be 1.07 GB.
     assert peak < 1.0 * 2**20
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_output_dir_that_cannot_be_written_is_one_line_before_any_model(
+    tiny_dir, tmp_path, capsys, monkeypatch, kind
+):
+    out, reason = unwritable_dir(tmp_path, kind, monkeypatch)
+    monkeypatch.setattr("focusft.analysis.cli.read_checkpoint", lambda *a: pytest.fail("read before the check"))
+    assert main([str(tiny_dir), "--synthetic", "qa1", "--output-dir", str(out), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == f"focusft-attention: error: --output-dir {reason}."

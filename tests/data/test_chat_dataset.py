@@ -11,7 +11,7 @@ from torchtune import config
 
 from focusft.data import chat_dataset, collate_focus_batch, synthetic_dataset
 from focusft.data.messages import openai_to_messages
-from focusft.data.sources import BadRowError
+from focusft.data.sources import BadRowError, DataError
 from focusft.data.synthetic import generate_samples
 from focusft.data.tokenize import tokenize_conversation
 
@@ -188,14 +188,38 @@ def test_bad_options_and_missing_files_fail_before_reading(tmp_path, tokenizer):
         chat_dataset(tokenizer, source="json", data_files="x", max_seq_len=256, on_bad_row="warn")
 
 
-def test_hub_dataset_offline_says_network_is_needed(tokenizer, monkeypatch):
+def test_hub_dataset_offline_is_one_data_error(tokenizer, monkeypatch):
     import datasets
     import huggingface_hub.constants
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(OSError, match=r"'someone/agentic-sft'.*needs network access to the Hub"):
+    with pytest.raises(
+        DataError, match=r"Could not load dataset 'someone/agentic-sft' \(split 'train'\): .*Offline, use"
+    ):
         chat_dataset(tokenizer, source="someone/agentic-sft", max_seq_len=256)
+
+
+def test_an_unreachable_hub_is_one_data_error_without_retries(tokenizer, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("focusft.eval.preflight.hub_unreachable_reason", lambda: "https://hf.co is unreachable")
+    monkeypatch.setattr("datasets.load_dataset", lambda *a, **k: pytest.fail("datasets would retry for ~25 s"))
+    with pytest.raises(DataError) as error:
+        chat_dataset(tokenizer, source="someone/agentic-sft", max_seq_len=256)
+    assert str(error.value).startswith(
+        "dataset 'someone/agentic-sft' comes from the Hugging Face Hub, but https://hf.co is unreachable. Offline, use"
+    )
+
+
+def test_a_file_that_is_not_parquet_and_json_without_files_are_data_errors(tmp_path, tokenizer):
+    path = tmp_path / "rows.parquet"
+    path.write_text('{"messages": []}\n')
+    with pytest.raises(DataError, match=rf"{path} is not a readable Parquet file \(.*\)"):
+        chat_dataset(tokenizer, source="parquet", data_files=str(path), max_seq_len=256)
+    with pytest.raises(DataError, match=r"dataset.source=json needs dataset.data_files"):
+        chat_dataset(tokenizer, source="json", data_files=None, max_seq_len=256)
 
 
 def test_synthetic_dataset_trains_only_on_the_answer(tokenizer):

@@ -168,3 +168,18 @@ def test_cli_writes_the_samples_as_jsonl(tmp_path, tokenizer_dir, tokenizer):
     )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows == generate_samples("qa5", num_samples=3, target_tokens=800, split="eval", seed=2, tokenizer=tokenizer)
+
+
+def test_the_cli_with_a_missing_tokenizer_folder_is_one_usage_line(tmp_path, capsys):
+    from focusft.data.synthetic import main
+
+    args = ["--task", "qa1", "--num-samples", "1", "--target-tokens", "200", "--out", str(tmp_path / "o.jsonl")]
+    for folder, problem in [
+        (tmp_path / "nowhere", "is not a folder."),
+        (tmp_path, "lacks vocab.json, merges.txt, tokenizer.json (a Qwen2.5 tokenizer's files)."),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--tokenizer-dir", str(folder)])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: --tokenizer-dir {folder} {problem}")
+    assert not (tmp_path / "o.jsonl").exists()

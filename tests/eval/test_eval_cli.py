@@ -20,6 +20,7 @@ from focusft.eval.suites import (
     offline_suite,
     paper_suite,
 )
+from tests.unwritable import KINDS, unwritable_dir
 
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
 
@@ -89,15 +90,15 @@ def test_lm_eval_passthrough_with_the_bundled_tasks(tiny_dir, tmp_path, monkeypa
 def test_unknown_task_is_one_clear_line(tiny_dir, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", sys.argv)
     args = ["--model", "focusft", "--model_args", f"checkpoint_dir={tiny_dir}", "--tasks", "no_such_task"]
-    assert main(args) == 1
+    assert main(args) == 2
     assert "Tasks not found: no_such_task" in capsys.readouterr().err
-    assert main(["--suite", "offline", "--checkpoint_dir", str(tiny_dir), "--tasks", "qa9"]) == 1
+    assert main(["--suite", "offline", "--checkpoint_dir", str(tiny_dir), "--tasks", "qa9"]) == 2
     assert "not in this suite" in capsys.readouterr().err
 
 
 def test_bad_checkpoint_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    assert main(["--suite", "offline", "--checkpoint_dir", str(tmp_path), "--lengths", "512"]) == 1
+    assert main(["--suite", "offline", "--checkpoint_dir", str(tmp_path), "--lengths", "512"]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'config.json'}: field 'model_type' is 'llama'" in err and "Traceback" not in err
 
@@ -122,7 +123,7 @@ def _paper_suite_offline(tiny_dir, tmp_path, env, *extra):
 )
 def test_paper_suite_without_network_fails_fast_with_one_line_per_task(tiny_dir, tmp_path, env, reason):
     done, seconds = _paper_suite_offline(tiny_dir, tmp_path, env)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = [line.strip() for line in done.stderr.splitlines() if line.startswith("  task ")]
     assert [line.split()[1] for line in lines] == PAPER_DOWNLOADS
     assert all(line.endswith(reason) or reason in line for line in lines)
@@ -134,7 +135,7 @@ def test_paper_suite_without_network_fails_fast_with_one_line_per_task(tiny_dir,
 
 def test_ruler_data_the_tokenizer_cannot_reach_is_one_clear_line(tiny_dir, tmp_path):
     done, seconds = _paper_suite_offline(tiny_dir, tmp_path, {}, "--tasks", "ruler_vt,ruler_cwe")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"task ruler_vt at 4k, 8k, 16k cannot be generated with the tokenizer {tiny_dir}" in done.stderr
     assert "smallest in-context example, over the 500 lm-eval allows" in done.stderr
     assert "ruler_cwe" not in done.stderr  # cwe fits at these lengths
@@ -152,3 +153,22 @@ def test_suite_console_has_no_third_party_noise_outside_a_git_repository(tiny_di
     for noise in ("fatal: not a git repository", "Skipping import of cpp extensions", "Custom kwargs can be passed"):
         assert noise not in console
     assert json.loads((tmp_path / "out" / "lm_eval" / "offline_512.json").read_text())["git_hash"] is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_output_dir_that_cannot_be_written_is_one_line_before_data_and_model(
+    tiny_dir, tmp_path, capsys, monkeypatch, kind
+):
+    out, reason = unwritable_dir(tmp_path, kind, monkeypatch)
+    monkeypatch.setattr("focusft.eval.cli.fetch_suite", lambda *a: pytest.fail("data fetched before the check"))
+    suite = ["--suite", "offline", "--checkpoint_dir", str(tiny_dir), "--lengths", "512", "--output_dir", str(out)]
+    assert main(suite) == 2
+    assert capsys.readouterr().err.strip() == f"focusft-eval: error: --output_dir {reason}."
+    assert main(["--compare", str(tmp_path / "missing.json"), "--output_dir", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"focusft-eval: error: --output_dir {reason}."
+
+
+def test_num_samples_below_one_is_one_line(tiny_dir, capsys):
+    suite = ["--suite", "offline", "--checkpoint_dir", str(tiny_dir), "--lengths", "512", "--num_samples", "0"]
+    assert main(suite) == 2
+    assert capsys.readouterr().err.strip() == "focusft-eval: error: --num_samples must be at least 1, got 0."

@@ -47,3 +47,38 @@ def test_cwe_fits_4k_but_not_a_few_hundred_tokens(tiny_dir, tokenizer):
     assert lm_eval_generates(tiny_dir, "cwe", "4096", seconds=120)
     problem = ruler_length_problem("ruler_cwe", tokenizer, [4096, 256])
     assert problem is not None and "over the length 256" in problem
+
+
+class _FakeTask:
+    def __init__(self, docs):
+        self.eval_docs = docs
+
+
+class _FakeManager:
+    """lm-eval's TaskManager, with RULER generators that fit no sample (or divide by zero doing so)."""
+
+    def __init__(self, **kwargs):
+        pass
+
+    def match_tasks(self, names):
+        return names
+
+    def load(self, name):
+        if name == "ruler_cwe":
+            raise ZeroDivisionError("division by zero")
+        return {"tasks": {name: _FakeTask([] if name == "ruler_vt" else [{"input": "x"}])}}
+
+
+def test_a_ruler_task_the_tokenizer_cannot_make_is_one_line_per_task(monkeypatch):
+    from focusft.eval.runner import load_run
+    from focusft.eval.suites import EvalRun
+
+    monkeypatch.setattr("focusft.eval.runner.TaskManager", _FakeManager)
+    run = EvalRun("ruler", ("niah_multivalue", "ruler_cwe", "ruler_vt"), {"max_seq_lengths": [4096], "tokenizer": "T"})
+    _, tasks, failures = load_run(run, {})
+    assert len(tasks) == 2  # niah_multivalue's, and ruler_vt's empty one (reported, never evaluated)
+    assert failures == [
+        f"task {name} at 4k has no sample: its generator fits none within the lengths with the tokenizer T; use "
+        "longer lengths or the tokenizer of a real Qwen2.5 model"
+        for name in ("ruler_cwe", "ruler_vt")
+    ]
