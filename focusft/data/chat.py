@@ -20,6 +20,7 @@ from torchtune.data import Message
 from torchtune.models.qwen2_5._tokenizer import Qwen2_5Tokenizer
 from torchtune.utils import get_logger, log_rank_zero
 
+from focusft.data.fields import unrendered_fields
 from focusft.data.messages import (
     CHAT_CONTROL_TOKENS,
     QWEN_DEFAULT_SYSTEM,
@@ -55,6 +56,8 @@ class DataStats:
     dropped_no_response: int = 0  # nothing left to train on after truncation
     samples: int = 0
     packed_rows: int = 0
+    # Fields that carry a value but are not rendered (focusft.data.fields) -> rows that have them.
+    unrendered_fields: dict[str, int] = field(default_factory=dict)
 
     def summary(self, name: str, max_seq_len: int) -> str:
         text = (
@@ -68,6 +71,16 @@ class DataStats:
             text += ". Bad rows: " + "; ".join(self.bad_rows[:SUMMARY_EXAMPLES])
             text += f" (+{len(self.bad_rows) - SUMMARY_EXAMPLES} more)" if len(self.bad_rows) > SUMMARY_EXAMPLES else ""
         return text
+
+    def unrendered_summary(self, name: str, first_rows: dict[str, str]) -> str:
+        """One line naming every field that was not rendered, with its row count and first row."""
+        fields = ", ".join(
+            f"{path!r} ({count} rows, first {first_rows[path]})" for path, count in self.unrendered_fields.items()
+        )
+        return (
+            f"{name}: fields not rendered into the training tokens (Qwen2.5's chat template does not show "
+            f"them to the model at inference either): {fields}"
+        )
 
 
 class ChatDataset(Dataset):
@@ -146,6 +159,7 @@ def chat_dataset(
         tokenizer,
         to_messages=partial(CONVERSATION_FORMATS[conversation_format], default_system_prompt=default_system_prompt),
         name=f"{source} {data_files or ''}".strip(),
+        unrendered=partial(unrendered_fields, conversation_format=conversation_format),
         max_seq_len=max_seq_len,
         long_sample_policy=long_sample_policy,
         train_on_assistant_header=train_on_assistant_header,
@@ -208,20 +222,26 @@ def build_dataset(
     train_on_assistant_header: bool,
     on_bad_row: OnBadRow,
     packed: bool,
+    unrendered: Callable[[Any], list[str]] | None = None,
 ) -> ChatDataset:
     """Validate every row first (cheap), then tokenize, fit to length and optionally pack.
 
     No text may hold a special token of ``tokenizer`` (``<|im_end|>``, ``<tool_call>``, ...):
-    the tokenizer would encode it as that token.
+    the tokenizer would encode it as that token. ``unrendered`` names a row's fields that
+    are not rendered; they are counted in ``stats.unrendered_fields`` and logged in one warning.
     """
     stats = DataStats(rows=len(rows))
     forbidden = tuple(dict.fromkeys([*CHAT_CONTROL_TOKENS, *getattr(tokenizer, "special_tokens", {})]))
     conversations = []
+    first_rows: dict[str, str] = {}
     for where, row in rows:
         try:
             if isinstance(row, BadRowError):
                 raise row
             conversations.append(to_messages(row, forbidden_tokens=forbidden))
+            for path in unrendered(row) if unrendered else ():
+                stats.unrendered_fields[path] = stats.unrendered_fields.get(path, 0) + 1
+                first_rows.setdefault(path, where)
         except (ConversationError, BadRowError) as err:
             if on_bad_row == "error":
                 raise BadRowError(f"Bad row in {where}: {err}. (on_bad_row=skip skips and counts such rows.)") from None
@@ -246,6 +266,8 @@ def build_dataset(
     stats.packed_rows = len(items) if packed else 0
     lost = stats.bad_rows or stats.dropped_too_long or stats.dropped_no_response
     log_rank_zero(log, stats.summary(name, max_seq_len), level=logging.WARNING if lost else logging.INFO)
+    if stats.unrendered_fields:
+        log_rank_zero(log, stats.unrendered_summary(name, first_rows), level=logging.WARNING)
     return ChatDataset(items, stats)
 
 

@@ -23,14 +23,19 @@ as Qwen2.5-Instruct's chat template renders them (see there). Conversion rules:
   as ``json.dumps(schema, ensure_ascii=False)`` on its own line); with tools there is
   always a system turn (its text starts with ``default_system_prompt``, or with nothing
   when that is ``None``);
-- a tool call is written ``<tool_call>\\n{"name": NAME, "arguments": ARGS}\\n</tool_call>``
-  with ``json.dumps(..., ensure_ascii=False)``. OpenAI's ``arguments`` *string* is parsed
+- a ShareGPT row's ``system`` field (LLaMA-Factory) is that conversation's system prompt;
+- a tool call is written ``<tool_call>\\n{"name": "NAME", "arguments": ARGS}\\n</tool_call>``,
+  the name verbatim and ARGS as ``json.dumps(..., ensure_ascii=False)``, as the template's
+  ``tojson`` writes it. OpenAI's ``arguments`` *string* is parsed
   into an object first, as transformers expects and vLLM's OpenAI server does before it
   applies the template:
   the template's ``arguments | tojson`` would otherwise write the string quoted. Keys keep
   their order; only the JSON's whitespace and escapes are normalised;
 - tool outputs become ``ipython`` messages; consecutive ones share one user turn, each in
   ``<tool_response>`` tags.
+
+Fields the template does not read are not rendered; :mod:`focusft.data.fields` names them
+so that a dataset build reports them.
 """
 
 from __future__ import annotations
@@ -89,10 +94,13 @@ def sharegpt_to_messages(
     forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS,
     default_system_prompt: str | None = QWEN_DEFAULT_SYSTEM,
 ) -> list[Message]:
-    """A row with ``conversations`` of ``{"from", "value"}`` turns and optional ``tools``.
+    """A row with ``conversations`` of ``{"from", "value"}`` turns and optional ``system`` and ``tools``.
 
     ``function_call`` turns hold one call (or a list of calls) as JSON ``{"name", "arguments"}``;
-    ``observation`` turns are tool outputs.
+    ``observation`` turns are tool outputs. ``system`` (LLaMA-Factory's column) is the row's
+    system prompt: it takes the place of ``default_system_prompt``; ``""`` or ``null`` means the
+    row has none, as in LLaMA-Factory, so the default applies. A ``system`` turn may lead the
+    conversation instead; both with different text is an error.
     """
     turns = []
     for index, turn in enumerate(_field(row, "conversations")):
@@ -113,7 +121,10 @@ def sharegpt_to_messages(
         turns.append(
             {"role": "assistant", "content": None, "tool_calls": calls if isinstance(calls, list) else [calls]}
         )
-    return to_torchtune_messages(turns, _tools(row), forbidden_tokens, default_system_prompt)
+    system = _system(row, turns, forbidden_tokens)
+    return to_torchtune_messages(
+        turns, _tools(row), forbidden_tokens, default_system_prompt if system is None else system
+    )
 
 
 def check_text(text: str, where: str, forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS) -> None:
@@ -182,7 +193,7 @@ def _message(role: str, content: str, calls: Any, index: int, forbidden_tokens: 
 
 
 def _render_call(call: Any, where: str, forbidden_tokens: Collection[str]) -> str:
-    """``{"name": ..., "arguments": {...}}`` as Qwen2.5's template writes it (arguments as JSON, not a string)."""
+    """``{"name": "NAME", "arguments": {...}}`` as Qwen2.5's template writes it: name verbatim, arguments as JSON."""
     function = call.get("function") if isinstance(call, Mapping) and call.get("function") is not None else call
     if not isinstance(function, Mapping) or not isinstance(function.get("name"), str) or not function["name"]:
         raise ConversationError(f"{where} has no function name: {_short(call)}")
@@ -192,7 +203,7 @@ def _render_call(call: Any, where: str, forbidden_tokens: Collection[str]) -> st
     if not isinstance(arguments, Mapping):
         raise ConversationError(f"{where} arguments are not a JSON object: {_short(arguments)}")
     check_text(function["name"], f"{where} name", forbidden_tokens)
-    rendered = json.dumps({"name": function["name"], "arguments": arguments}, ensure_ascii=False)
+    rendered = f'{{"name": "{function["name"]}", "arguments": {json.dumps(arguments, ensure_ascii=False)}}}'
     check_text(rendered, f"{where} arguments", forbidden_tokens)
     return rendered
 
@@ -207,6 +218,23 @@ def _follows_tool_call(turns: Sequence[Mapping[str, Any]], index: int) -> bool:
 def _with_tools(system: Message, tools: list[Any]) -> Message:
     tool_lines = "".join("\n" + json.dumps(tool, ensure_ascii=False) for tool in tools)
     return Message(role="system", content=system.text_content + _TOOLS_HEADER + tool_lines + _TOOLS_FOOTER, masked=True)
+
+
+def _system(
+    row: Mapping[str, Any], turns: Sequence[Mapping[str, Any]], forbidden_tokens: Collection[str]
+) -> str | None:
+    """The row's own ``system`` prompt (ShareGPT / LLaMA-Factory), or ``None`` when it has none."""
+    system = row.get("system")
+    if system is None or system == "":
+        return None
+    if not isinstance(system, str):
+        raise ConversationError(f"row's 'system' is not a string: {_short(system)}")
+    check_text(system, "row's 'system'", forbidden_tokens)
+    if turns and turns[0]["role"] == "system" and turns[0]["content"] != system:
+        raise ConversationError(
+            f"row has a 'system' field {_short(system)} and a different system turn {_short(turns[0]['content'])}"
+        )
+    return system
 
 
 def _field(row: Mapping[str, Any], key: str) -> list[Any]:

@@ -6,7 +6,8 @@
 
 Without ``--suite`` or ``--compare`` the arguments go to lm-eval's own CLI
 (``lm-eval run``, ``ls``, ``validate``), after registering the ``focusft`` model
-and putting the bundled offline tasks on lm-eval's include path.
+and putting the bundled offline tasks on lm-eval's include path; its flags:
+``focusft-eval run --help``.
 """
 
 from __future__ import annotations
@@ -70,8 +71,21 @@ def _compare_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``-h``/``--help`` anywhere prints the help and exits 0, even where a flag lacks its value (``--compare -h``)."""
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    return parser.parse_args(argv)
+
+
+def _help() -> str:
+    """The top-level help: the three forms, then every flag of the suite and compare forms."""
+    return "\n".join([__doc__.strip(), "", _suite_parser().format_help(), _compare_parser().format_help()])
+
+
 def run_suite_command(argv: list[str]) -> int:
-    args = _suite_parser().parse_args(argv)
+    args = _parse(_suite_parser(), argv)
     from lm_eval.api.registry import get_model
     from lm_eval.utils import simple_parse_args_string
 
@@ -119,7 +133,7 @@ def run_suite_command(argv: list[str]) -> int:
 
 
 def run_compare_command(argv: list[str]) -> int:
-    args = _compare_parser().parse_args(argv)
+    args = _parse(_compare_parser(), argv)
     labels = _csv(args.labels) or []
     out = _writable(args.output_dir) if args.output_dir else None
     if labels and len(labels) != len(args.compare):
@@ -158,7 +172,7 @@ def run_lm_eval(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv in ([], ["-h"], ["--help"]):
-        print(__doc__)
+        print(_help())
         return 0
     if "--suite" in argv or any(arg.startswith("--suite=") for arg in argv):
         command = run_suite_command

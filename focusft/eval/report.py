@@ -33,7 +33,7 @@ AVERAGES = {
     "focusft_avg": re.compile(r"focusft_(qa[1-5]|tool)$"),
 }
 _OFFLINE_NAME = re.compile(r"(focusft_[a-z0-9]+)_(\d+k?)$")
-LENGTH_ORDER = ("", "512", "1k", "2k", "4k", "8k", "16k", "32k", "64k", "128k")
+_LENGTH = re.compile(r"(\d+)([kK]?)$")  # a length column: tokens, "512", or thousands of 1024, "4k"
 
 
 @dataclass(frozen=True)
@@ -147,8 +147,12 @@ def with_averages(scores: Iterable[Score]) -> list[Score]:
     return out
 
 
-def _length_key(length: str) -> tuple[int, str]:
-    return (LENGTH_ORDER.index(length), "") if length in LENGTH_ORDER else (len(LENGTH_ORDER), length)
+def _length_key(length: str) -> tuple[int, int, str]:
+    """Columns in token order (256 < 512 < 1k = 1024 < 4k): no length first, names that are no length last."""
+    match = _LENGTH.match(length)
+    if match is None:
+        return (2 if length else 0, 0, length)
+    return (1, int(match[1]) * (1024 if match[2] else 1), length)
 
 
 def load_report(path: str | Path, label: str | None = None) -> Report:

@@ -98,3 +98,11 @@ def test_reference_without_published_numbers_says_so():
     assert "No published paper numbers" not in markdown_table([offline])
     babilong = Report("sft", scores_from_results(BABILONG_4K), {})
     assert "No published paper numbers" not in markdown_table([babilong], reference=True)
+
+
+def test_length_columns_are_in_token_order():
+    """Not text order (which puts 1024 before 256 and 512)."""
+    lengths = ["1024", "4k", "256", "2048", "512", "16k", "1k"]
+    report = Report("tiny", [Score("focusft_qa1", length, "exact_match", 0.5) for length in lengths], {})
+    header = markdown_table([report]).split("### focusft_qa1 (exact_match, %)")[1].strip().splitlines()[0]
+    assert header == "| model | 256 | 512 | 1024 | 1k | 2048 | 4k | 16k |"
