@@ -7,7 +7,8 @@ Per micro-batch: build one attention mask (``focusft.attention``), run the trunk
 (layers without fast weights) once, K inner steps on fresh fast weights of each
 document (sample) of the micro-batch, then the outer response loss
 (:func:`focusft.bilevel.bilevel_step`), and backpropagate it into θ. The outer loss is
-normalised by the response tokens of the whole global batch.
+normalised over the whole global batch, per response token or per document
+(``focusft.loss_normalization``, :mod:`focusft.normalization`).
 
 An optimizer step whose outer loss or θ-gradient is not finite on any rank is skipped on
 every rank; ``max_consecutive_skipped_steps`` in a row stop the run. Bad input of any kind
@@ -65,6 +66,7 @@ from focusft.documents import fast_weight_seed
 from focusft.fast_weights import attach_fast_weight_slots
 from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask
+from focusft.normalization import DESCRIPTIONS, outer_loss
 from focusft.run_guard import REPORTED_ERROR_EXIT_CODE, exit_when_launcher_dies, lock_output_dir
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
 
@@ -72,9 +74,9 @@ log = utils.get_logger("INFO")
 T = TypeVar("T")
 
 # Index of each per-step statistic in the tensor all-reduced once per optimizer step.
-LOSS_SUM, TOKENS, INPUT_TOKENS, SKIPPED, DELTA_SUM, FAST_WEIGHT_SETS, DOCUMENTS, NON_FINITE_GRADS, INNER_LOSSES = range(
-    9
-)
+# LOSS_SUM / WEIGHT is the step's outer loss (focusft.normalization).
+(LOSS_SUM, WEIGHT, TOKENS, INPUT_TOKENS, SKIPPED, DELTA_SUM, FAST_WEIGHT_SETS, DOCUMENTS, NON_FINITE_GRADS) = range(9)
+INNER_LOSSES = 9
 # Settings whose change between a checkpoint and its resume is reported.
 RESUME_COMPARED_KEYS = (
     "dataset",
@@ -210,6 +212,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 f"{self.world_size} process(es), {self.mask_kind} mask, fast weights on layers "
                 f"{self.slots.first_layer}..{self.slots.num_layers - 1} (one set per {self.focus.fast_weight_scope})"
             )
+            normalization = self.focus.loss_normalization
+            log.info(f"Outer loss per step: {DESCRIPTIONS[normalization]} (loss_normalization: {normalization}).")
         if self.probe is not None and self.global_step == 0:
             self._probe_attention()  # the starting point
 
@@ -400,19 +404,21 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             documents=mb.documents,
             initial_fast_weights=initial,
         )
-        result.loss.backward()
+        outer = outer_loss(result.token_losses, mb.labels, mb.layout, self.focus.loss_normalization)
+        outer.loss.backward()
         tokens = result.num_tokens.double()
-        stats[LOSS_SUM] += result.loss.detach().double()
+        stats[LOSS_SUM] += outer.loss.detach().double()
+        stats[WEIGHT] += outer.weight
         stats[TOKENS] += tokens
         stats[INPUT_TOKENS] += mb.layout.valid.sum()
         stats[SKIPPED] += result.skipped_updates
         stats[DELTA_SUM] += result.delta_norms.double().sum()
         stats[FAST_WEIGHT_SETS] += mb.documents.count
-        stats[DOCUMENTS] += mb.documents.found
+        stats[DOCUMENTS] += outer.documents
         stats[INNER_LOSSES:] += result.inner_losses.double() * tokens  # token-weighted across micro-batches
 
     def _optimizer_step(self, stats: torch.Tensor) -> tuple[float, float, bool]:
-        """Average the gradients over the global batch's response tokens, clip, step.
+        """Average the gradients over the global batch's response tokens or documents, clip, step.
 
         Returns (lr, grad norm, skipped). The step is skipped on every rank when the outer
         loss or a θ-gradient is not finite on any rank: each rank flags its own gradient
@@ -422,8 +428,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         stats[NON_FINITE_GRADS] = (~torch.isfinite(self._local_grad_norm())).double()
         all_reduce(stats)
         non_finite = ~torch.isfinite(stats[LOSS_SUM]) | (stats[NON_FINITE_GRADS] > 0)
-        # FSDP averages gradients over ranks; scaling by world_size / tokens makes it a per-token mean.
-        training.scale_grads(self.model, self.world_size / stats[TOKENS].clamp(min=1).float())
+        # FSDP averages gradients over ranks; world_size / weight makes it the mean per token or document.
+        training.scale_grads(self.model, self.world_size / stats[WEIGHT].clamp(min=1).float())
         grad_norm = float("nan")
         if self.clip_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=float(self.clip_grad_norm))
@@ -476,7 +482,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             return
         tokens = stats[TOKENS].clamp(min=1)
         metrics = {
-            "loss": (stats[LOSS_SUM] / tokens).item(),
+            "loss": (stats[LOSS_SUM] / stats[WEIGHT].clamp(min=1)).item(),
             "lr": lr,
             "grad_norm": grad_norm,
             "response_tokens": int(stats[TOKENS].item()),

@@ -129,10 +129,16 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(runs):
         torch.testing.assert_close([r[key] for r in a], [r[key] for r in b], **ACROSS_LAYOUTS, msg=key)
 
 
-def test_packed_and_unpacked_samples_take_the_same_first_step(config, base_dir, tmp_path):
-    """Samples 0-3 as 2 packed rows on 1 process, or one by one on 2 processes × GA 2: the same θ after step 1."""
+@pytest.mark.parametrize("normalization", ["token", "sample"])
+def test_packed_and_unpacked_samples_take_the_same_first_step(config, base_dir, tmp_path, normalization):
+    """Samples 0-3 as 2 packed rows on 1 process, or one by one on 2 processes × GA 2: the same θ after step 1.
+
+    With ``sample`` normalisation the documents are counted over the micro-batches and processes
+    (tests/test_normalization.py checks the gradient itself against documents trained alone).
+    """
     first_step = [
         *BASE,
+        f"focusft.loss_normalization={normalization}",
         "epochs=1",
         "max_steps_per_epoch=1",
         "shuffle=false",
@@ -155,6 +161,11 @@ def test_packed_and_unpacked_samples_take_the_same_first_step(config, base_dir, 
         ],
     )
     assert read_metrics(packed)[0]["documents"] == read_metrics(unpacked)[0]["documents"] == 4
+    for out in (packed, unpacked):
+        row = read_metrics(out)[0]
+        # sample: the logged loss is the mean of the documents' means, not the token-weighted
+        # mean (the answers differ in length).
+        assert (row["loss"] == pytest.approx(row["inner_loss_after_1"], abs=1e-5)) == (normalization == "token")
     base = load_file(base_dir / "model.safetensors")
     a = load_file(packed / "epoch_0" / "model-00001-of-00001.safetensors")
     b = load_file(unpacked / "epoch_0" / "model-00001-of-00001.safetensors")
