@@ -8,7 +8,9 @@ Per micro-batch: build one attention mask (``focusft.attention``), run the trunk
 document (sample) of the micro-batch, then the outer response loss
 (:func:`focusft.bilevel.bilevel_step`), and backpropagate it into θ. The outer loss is
 normalised over the whole global batch, per response token or per document
-(``focusft.loss_normalization``, :mod:`focusft.normalization`).
+(``focusft.loss_normalization``, :mod:`focusft.normalization`). Every sample is trained
+once per epoch; the last optimizer step may accumulate fewer micro-batches
+(:mod:`focusft.data.epoch`).
 
 An optimizer step whose outer loss or θ-gradient is not finite on any rank is skipped on
 every rank; ``max_consecutive_skipped_steps`` in a row stop the run. Bad input of any kind
@@ -38,7 +40,6 @@ from torch.distributed import (
 )
 from torch.distributed.tensor import DTensor
 from torchdata.stateful_dataloader import StatefulDataLoader
-from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from torchtune import config, training, utils
 from torchtune.recipe_interfaces import FTRecipeInterface
 from torchtune.training.lr_schedulers import get_lr
@@ -61,6 +62,7 @@ from focusft.config import (
     import_object,
 )
 from focusft.data import LengthGroupedSampler, collate_focus_batch
+from focusft.data.epoch import EpochSteps, EverySampleSampler, ZeroWeightPadding
 from focusft.data.sources import DataError
 from focusft.documents import fast_weight_seed
 from focusft.fast_weights import attach_fast_weight_slots
@@ -176,13 +178,13 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
 
         self.tokenizer = config.instantiate(cfg.tokenizer)
         self.dataloader = self._setup_data(cfg)
-        self.steps_per_epoch = len(self.dataloader) // self.grad_accum
+        # Every sample once per epoch; the last step may accumulate fewer micro-batches.
+        self.epoch_steps = EpochSteps(len(self.dataloader), self.grad_accum)
+        self.steps_per_epoch = self.epoch_steps.steps
         if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"The dataset has {len(self.dataloader.dataset)} samples, but one optimizer step needs "
-                f"world_size × batch_size × gradient_accumulation_steps = "
-                f"{self.world_size} × {cfg.batch_size} × {self.grad_accum} of them."
-            )
+            raise ConfigError("The dataset has no samples.")
+        if self.is_rank_zero and (layout := self._epoch_layout()):
+            log.info(layout)
         if self.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, self.max_steps_per_epoch)
         self.total_steps = self.total_epochs * self.steps_per_epoch
@@ -242,6 +244,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 "The focusft.data builders add it."
             )
         shuffle = cfg.get("shuffle", True)
+        dataset = ZeroWeightPadding(dataset, IGNORE_INDEX)  # the samplers' padding trains nothing
         if cfg.get("length_grouped", False):
             if not hasattr(dataset, "lengths"):
                 raise ConfigError(
@@ -251,16 +254,19 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 dataset.lengths, cfg.batch_size, self.world_size, self.rank, shuffle=shuffle, seed=cfg.seed
             )
         else:
-            sampler = StatefulDistributedSampler(
-                dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=cfg.seed
-            )
+            sampler = EverySampleSampler(dataset, self.world_size, self.rank, shuffle=shuffle, seed=cfg.seed)
         return StatefulDataLoader(
             dataset,
             batch_size=cfg.batch_size,
             sampler=sampler,
             collate_fn=partial(collate, padding_idx=self.tokenizer.pad_id, ignore_idx=IGNORE_INDEX),
-            drop_last=True,
+            drop_last=False,
         )
+
+    def _epoch_layout(self) -> str:
+        """The log line for an epoch that does not divide evenly into full steps (else empty)."""
+        samples = len(self.dataloader.dataset)
+        return self.epoch_steps.describe(samples, len(self.dataloader.sampler) * self.world_size - samples)
 
     def _setup_model(self, cfg: DictConfig):
         """Build on the meta device, add fast-weight slots, shard, then load the weights."""
@@ -357,9 +363,11 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         """Optimizer steps until the epoch ends or ``stop_after_step``, saving mid-epoch checkpoints."""
         stats = self._new_stats()
         start = time.perf_counter()
-        for index, batch in enumerate(self.dataloader):
+        done = self.steps_in_epoch * self.grad_accum  # micro-batches of the epoch run so far (a resume starts later)
+        for batch in self.dataloader:
             self._micro_batch(batch, epoch, stats)
-            if (index + 1) % self.grad_accum:
+            done += 1
+            if not self.epoch_steps.ends_step(done):
                 continue
             lr, grad_norm, skipped = self._optimizer_step(stats)
             self.global_step += 1
