@@ -51,6 +51,8 @@ class BilevelResult:
 
     Attributes:
         loss: outer cross-entropy summed over response tokens; the graph reaches θ only.
+        token_losses: ``[n]`` the outer cross-entropy of each response token (row-major), whose
+            sum is ``loss`` (:mod:`focusft.normalization` weighs them per document).
         num_tokens: response tokens in the micro-batch.
         inner_losses: ``[K+1]`` mean response loss under φ_0 … φ_K, averaged over
             documents weighted by their response tokens; entries k and k+1 are the inner
@@ -63,6 +65,7 @@ class BilevelResult:
     """
 
     loss: torch.Tensor
+    token_losses: torch.Tensor
     num_tokens: torch.Tensor
     inner_losses: torch.Tensor
     document_losses: torch.Tensor
@@ -189,6 +192,7 @@ def _result(
     inner_losses = (document_losses * weights).sum(dim=1) / weights.sum().clamp(min=1)
     return BilevelResult(
         loss=token_losses.sum(),
+        token_losses=token_losses,
         num_tokens=document_tokens.sum(),
         inner_losses=inner_losses,
         document_losses=document_losses,

@@ -29,6 +29,7 @@ from focusft.documents import FAST_WEIGHT_SCOPES, FastWeightScope
 from focusft.errors import ConfigError
 from focusft.fast_weights import FastWeightConfig
 from focusft.masks import MASK_MODES, MaskMode
+from focusft.normalization import LOSS_NORMALIZATIONS, LossNormalization
 from focusft.run_guard import unwritable_reason
 
 MaskKind = Literal["dense", "block"]
@@ -37,7 +38,7 @@ MASK_KINDS = ("auto", "dense", "block")
 # Key of the focusft section -> (field of the config it feeds, name of that field).
 _INNER_KEYS = {"inner_steps": "steps", "inner_lr": "lr", "inner_grad_clip": "grad_clip"}
 _FAST_KEYS = {"rank": "rank", "alpha": "alpha", "layer_fraction": "layer_fraction", "target_modules": "target_modules"}
-FOCUSFT_KEYS = ("bilevel", "attention", "mask", "fast_weight_scope", *_INNER_KEYS, *_FAST_KEYS)
+FOCUSFT_KEYS = ("bilevel", "attention", "mask", "fast_weight_scope", "loss_normalization", *_INNER_KEYS, *_FAST_KEYS)
 
 # Every top-level key the recipe reads. Any other key is a typo unless it was added on
 # purpose with `+key=value` or is referenced by an interpolation (`base_dir: …` used as
@@ -100,6 +101,7 @@ class FocusConfig:
     attention: MaskMode = "bidir_context"
     mask: str = "auto"
     fast_weight_scope: FastWeightScope = "document"
+    loss_normalization: LossNormalization = "token"
     inner: InnerLoopConfig = field(default_factory=InnerLoopConfig)
     fast_weights: FastWeightConfig = field(default_factory=FastWeightConfig)
 
@@ -123,6 +125,11 @@ class FocusConfig:
         scope = values.get("fast_weight_scope", "document")
         if scope not in FAST_WEIGHT_SCOPES:
             raise ConfigError(f"focusft.fast_weight_scope must be one of {list(FAST_WEIGHT_SCOPES)}, got {scope!r}.")
+        normalization = values.get("loss_normalization", "token")
+        if normalization not in LOSS_NORMALIZATIONS:
+            raise ConfigError(
+                f"focusft.loss_normalization must be one of {list(LOSS_NORMALIZATIONS)}, got {normalization!r}."
+            )
         inner = _build(InnerLoopConfig, values, _INNER_KEYS)
         fast_weights = _build(FastWeightConfig, values, _FAST_KEYS)
         return cls(
@@ -130,6 +137,7 @@ class FocusConfig:
             attention=attention,
             mask=mask,
             fast_weight_scope=scope,
+            loss_normalization=normalization,
             inner=inner,
             fast_weights=fast_weights,
         )

@@ -79,8 +79,7 @@ class Documents:
             raise ValueError(f"Unknown fast_weight_scope {scope!r}; expected one of {FAST_WEIGHT_SCOPES}.")
         b, s = layout.shape
         valid, doc = layout.valid.cpu(), layout.doc.cpu()
-        starts = valid.clone()
-        starts[:, 1:] &= (doc[:, 1:] != doc[:, :-1]) | ~valid[:, :-1]
+        starts = document_starts(valid, doc)
         count = int(starts.sum())
         row_and_doc = torch.arange(b)[:, None] * (int(doc.max() - doc.min()) + 1) + (doc - doc.min())
         if count != len(torch.unique(row_and_doc[valid])):
@@ -116,6 +115,13 @@ class Documents:
                 routing[prefix + "fast_chunk_tokens"] = self.chunk_tokens
                 routing[prefix + "fast_chunk_document"] = self.chunk_document
         return {layer: {**ws, **routing} for layer, ws in fast.items()}
+
+
+def document_starts(valid: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
+    """``[b, s]`` True at the first token of each document: a run of valid tokens with one ``doc`` id."""
+    starts = valid.clone()
+    starts[:, 1:] &= (doc[:, 1:] != doc[:, :-1]) | ~valid[:, :-1]
+    return starts
 
 
 def _sample_index_per_document(starts: torch.Tensor, doc: torch.Tensor, sample_index: torch.Tensor) -> tuple[int, ...]:

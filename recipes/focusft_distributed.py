@@ -7,7 +7,10 @@ Per micro-batch: build one attention mask (``focusft.attention``), run the trunk
 (layers without fast weights) once, K inner steps on fresh fast weights of each
 document (sample) of the micro-batch, then the outer response loss
 (:func:`focusft.bilevel.bilevel_step`), and backpropagate it into θ. The outer loss is
-normalised by the response tokens of the whole global batch.
+normalised over the whole global batch, per response token or per document
+(``focusft.loss_normalization``, :mod:`focusft.normalization`). Every sample is trained
+once per epoch; the last optimizer step may accumulate fewer micro-batches
+(:mod:`focusft.data.epoch`).
 
 An optimizer step whose outer loss or θ-gradient is not finite on any rank is skipped on
 every rank; ``max_consecutive_skipped_steps`` in a row stop the run. Bad input of any kind
@@ -38,7 +41,6 @@ from torch.distributed import (
 )
 from torch.distributed.tensor import DTensor
 from torchdata.stateful_dataloader import StatefulDataLoader
-from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from torchtune import config, training, utils
 from torchtune.recipe_interfaces import FTRecipeInterface
 from torchtune.training.lr_schedulers import get_lr
@@ -63,12 +65,14 @@ from focusft.config import (
     import_object,
 )
 from focusft.data import LengthGroupedSampler, collate_focus_batch
+from focusft.data.epoch import EpochSteps, EverySampleSampler, ZeroWeightPadding
 from focusft.data.sources import DataError
 from focusft.documents import fast_weight_seed
 from focusft.fast_weights import attach_fast_weight_slots
 from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask
 from focusft.metric_guard import GuardedMetricLogger, MetricsError
+from focusft.normalization import DESCRIPTIONS, outer_loss
 from focusft.preemption import Stopped, install_stop_signals, report_stop
 from focusft.run_guard import REPORTED_ERROR_EXIT_CODE, exit_when_launcher_dies, lock_output_dir
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
@@ -77,9 +81,9 @@ log = utils.get_logger("INFO")
 T = TypeVar("T")
 
 # Index of each per-step statistic in the tensor all-reduced once per optimizer step.
-LOSS_SUM, TOKENS, INPUT_TOKENS, SKIPPED, DELTA_SUM, FAST_WEIGHT_SETS, DOCUMENTS, NON_FINITE_GRADS, INNER_LOSSES = range(
-    9
-)
+# LOSS_SUM / WEIGHT is the step's outer loss (focusft.normalization).
+(LOSS_SUM, WEIGHT, TOKENS, INPUT_TOKENS, SKIPPED, DELTA_SUM, FAST_WEIGHT_SETS, DOCUMENTS, NON_FINITE_GRADS) = range(9)
+INNER_LOSSES = 9
 # Settings whose change between a checkpoint and its resume is reported.
 RESUME_COMPARED_KEYS = (
     "dataset",
@@ -186,13 +190,13 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             self._on_rank_zero(lambda: check_base_checkpoint(cfg))
         self.tokenizer = build_tokenizer(cfg.tokenizer)
         self.dataloader = self._setup_data(cfg)
-        self.steps_per_epoch = len(self.dataloader) // self.grad_accum
+        # Every sample once per epoch; the last step may accumulate fewer micro-batches.
+        self.epoch_steps = EpochSteps(len(self.dataloader), self.grad_accum)
+        self.steps_per_epoch = self.epoch_steps.steps
         if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"The dataset has {len(self.dataloader.dataset)} samples, but one optimizer step needs "
-                f"world_size × batch_size × gradient_accumulation_steps = "
-                f"{self.world_size} × {cfg.batch_size} × {self.grad_accum} of them."
-            )
+            raise ConfigError("The dataset has no samples.")
+        if self.is_rank_zero and (layout := self._epoch_layout()):
+            log.info(layout)
         if self.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, self.max_steps_per_epoch)
         self.total_steps = self.total_epochs * self.steps_per_epoch
@@ -227,6 +231,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 f"{self.focus.variant}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
                 f"{self.world_size} process(es), {self.mask_kind} mask, {fast}"
             )
+            normalization = self.focus.loss_normalization
+            log.info(f"Outer loss per step: {DESCRIPTIONS[normalization]} (loss_normalization: {normalization}).")
         if self.probe is not None and self.global_step == 0:
             self._probe_attention()  # the starting point
 
@@ -255,6 +261,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 "The focusft.data builders add it."
             )
         shuffle = cfg.get("shuffle", True)
+        dataset = ZeroWeightPadding(dataset, IGNORE_INDEX)  # the samplers' padding trains nothing
         if cfg.get("length_grouped", False):
             if not hasattr(dataset, "lengths"):
                 raise ConfigError(
@@ -264,16 +271,19 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 dataset.lengths, cfg.batch_size, self.world_size, self.rank, shuffle=shuffle, seed=cfg.seed
             )
         else:
-            sampler = StatefulDistributedSampler(
-                dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=cfg.seed
-            )
+            sampler = EverySampleSampler(dataset, self.world_size, self.rank, shuffle=shuffle, seed=cfg.seed)
         return StatefulDataLoader(
             dataset,
             batch_size=cfg.batch_size,
             sampler=sampler,
             collate_fn=partial(collate, padding_idx=self.tokenizer.pad_id, ignore_idx=IGNORE_INDEX),
-            drop_last=True,
+            drop_last=False,
         )
+
+    def _epoch_layout(self) -> str:
+        """The log line for an epoch that does not divide evenly into full steps (else empty)."""
+        samples = len(self.dataloader.dataset)
+        return self.epoch_steps.describe(samples, len(self.dataloader.sampler) * self.world_size - samples)
 
     def _setup_model(self, cfg: DictConfig):
         """Build on the meta device, add fast-weight slots, shard, then load the weights."""
@@ -388,9 +398,11 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         """Optimizer steps until the epoch ends or ``stop_after_step``, saving mid-epoch checkpoints."""
         stats = self._new_stats()
         start = time.perf_counter()
-        for index, batch in enumerate(self.dataloader):
+        done = self.steps_in_epoch * self.grad_accum  # micro-batches of the epoch run so far (a resume starts later)
+        for batch in self.dataloader:
             self._micro_batch(batch, epoch, stats)
-            if (index + 1) % self.grad_accum:
+            done += 1
+            if not self.epoch_steps.ends_step(done):
                 continue
             lr, grad_norm, skipped = self._optimizer_step(stats)
             self.global_step += 1
@@ -436,19 +448,21 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             documents=mb.documents,
             initial_fast_weights=initial,
         )
-        result.loss.backward()
+        outer = outer_loss(result.token_losses, mb.labels, mb.layout, self.focus.loss_normalization)
+        outer.loss.backward()
         tokens = result.num_tokens.double()
-        stats[LOSS_SUM] += result.loss.detach().double()
+        stats[LOSS_SUM] += outer.loss.detach().double()
+        stats[WEIGHT] += outer.weight
         stats[TOKENS] += tokens
         stats[INPUT_TOKENS] += mb.layout.valid.sum()
         stats[SKIPPED] += result.skipped_updates
         stats[DELTA_SUM] += result.delta_norms.double().sum()
         stats[FAST_WEIGHT_SETS] += mb.documents.count
-        stats[DOCUMENTS] += mb.documents.found
+        stats[DOCUMENTS] += outer.documents
         stats[INNER_LOSSES:] += result.inner_losses.double() * tokens  # token-weighted across micro-batches
 
     def _optimizer_step(self, stats: torch.Tensor) -> tuple[float, float, bool]:
-        """Average the gradients over the global batch's response tokens, clip, step.
+        """Average the gradients over the global batch's response tokens or documents, clip, step.
 
         Returns (lr, grad norm, skipped). The step is skipped on every rank when the outer
         loss or a θ-gradient is not finite on any rank: each rank flags its own gradient
@@ -458,8 +472,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         stats[NON_FINITE_GRADS] = (~torch.isfinite(self._local_grad_norm())).double()
         all_reduce(stats)
         non_finite = ~torch.isfinite(stats[LOSS_SUM]) | (stats[NON_FINITE_GRADS] > 0)
-        # FSDP averages gradients over ranks; scaling by world_size / tokens makes it a per-token mean.
-        training.scale_grads(self.model, self.world_size / stats[TOKENS].clamp(min=1).float())
+        # FSDP averages gradients over ranks; world_size / weight makes it the mean per token or document.
+        training.scale_grads(self.model, self.world_size / stats[WEIGHT].clamp(min=1).float())
         grad_norm = float("nan")
         if self.clip_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=float(self.clip_grad_norm))
@@ -512,7 +526,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             return
         tokens = stats[TOKENS].clamp(min=1)
         metrics = {
-            "loss": (stats[LOSS_SUM] / tokens).item(),
+            "loss": (stats[LOSS_SUM] / stats[WEIGHT].clamp(min=1)).item(),
             "lr": lr,
             "grad_norm": grad_norm,
             "response_tokens": int(stats[TOKENS].item()),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from torchtune.data import Message
 
+from focusft.data import collate_focus_batch
 from focusft.data.packing import pack_samples
 from focusft.split_decoder import IGNORE_INDEX
 
@@ -48,3 +51,23 @@ def memorisation_dataset(
     if packed:
         return pack_samples(samples, 2 * max(len(s["tokens"]) for s in samples), padding_idx=tokenizer.pad_id)
     return samples
+
+
+# A file that recording_collate appends to (set in the environment of the run).
+TRAINED_LOG = "FOCUSFT_TEST_TRAINED_LOG"
+
+
+def recording_collate(samples: list[dict], **kwargs) -> dict:
+    """``collate_focus_batch`` that appends each trained document's ``sample_index`` to $FOCUSFT_TEST_TRAINED_LOG.
+
+    A document is trained when one of its labels is not ignored (zero-weight padding is not).
+    """
+    trained = []
+    for sample in samples:
+        docs = sample.get("doc", [0] * len(sample["labels"]))
+        for doc, index in enumerate(sample["sample_index"]):
+            if any(d == doc and label != IGNORE_INDEX for d, label in zip(docs, sample["labels"])):
+                trained.append(index)
+    with open(os.environ[TRAINED_LOG], "a") as log:
+        log.write("".join(f"{index}\n" for index in trained))
+    return collate_focus_batch(samples, **kwargs)

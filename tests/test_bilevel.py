@@ -16,6 +16,7 @@ from focusft.masks import TokenLayout, dense_mask, document_positions
 from focusft.split_decoder import SplitDecoder
 from focusft.tiny import seeded_tiny_qwen2_5
 from tests.layouts import IGNORE_INDEX, brute_force_documents, documents_layout, random_batch, shifted_labels
+from tests.tolerances import fp32_sum_error
 
 
 class ReferenceLoRALinear(nn.Module):
@@ -172,10 +173,12 @@ def test_bilevel_off_is_exactly_standard_sft(inner):
     logits = plain(tokens, mask=mask, input_pos=pos)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
     loss.backward()
-    torch.testing.assert_close((result.loss / result.num_tokens), loss, atol=1e-6, rtol=1e-6)
+    # Means of the same fp32 token losses summed in other orders; gradients at the fp32 house tolerance.
+    error = fp32_sum_error(result.num_tokens.item())
+    torch.testing.assert_close((result.loss / result.num_tokens), loss, atol=0, rtol=error)
     for (name, p), (ref_name, ref) in zip(model.named_parameters(), plain.named_parameters()):
         assert name == f"decoder.{ref_name}"
-        torch.testing.assert_close(p.grad, ref.grad, atol=1e-6, rtol=1e-6, msg=name)
+        torch.testing.assert_close(p.grad, ref.grad, atol=1e-5, rtol=1e-5, msg=name)
     assert result.delta_norms.item() == 0 and result.skipped_updates.item() == 0
 
 

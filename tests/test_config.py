@@ -129,7 +129,9 @@ def test_shipped_configs_are_valid_and_build_their_model(path):
         )
         assert (cfg.epochs, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.seed) == (5, 1, 4, 1234)
         assert (cfg.dataset.max_seq_len, cfg.dtype, cfg.enable_activation_checkpointing) == (4096, "bf16", True)
-        assert focus == FocusConfig()
+        assert focus == FocusConfig(loss_normalization="sample")  # the authors' per-sample weighting
+    if path.parent.name == "qwen2_5":
+        assert focus.loss_normalization == "sample"
 
 
 def test_unknown_keys_get_a_did_you_mean_and_plus_keys_are_allowed():

@@ -15,6 +15,7 @@ from focusft.masks import (
 )
 from focusft.tiny import seeded_tiny_qwen2_5
 from tests.layouts import random_layout
+from tests.tolerances import fp32_sum_error
 
 
 def brute_force_mask(layout: TokenLayout, mode: str) -> torch.Tensor:
@@ -231,6 +232,7 @@ def assert_same_loss_and_gradients(tokens, labels, pos, mask, reference_mask):
         loss.backward()
         results.append((loss, [p.grad for p in model.parameters()]))
     (loss, grads), (ref_loss, ref_grads) = results
-    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
+    # A mean of fp32 token losses, and gradients, through attention kernels that may round differently.
+    torch.testing.assert_close(loss, ref_loss, atol=0, rtol=fp32_sum_error(int((labels != -100).sum())))
     for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)

@@ -15,9 +15,10 @@ class LengthGroupedSampler(Sampler[int]):
     batches, sorts each group by length and deals it out in global batches (in shuffled
     order); a global batch is spread over the ranks with a stride, so every rank gets
     samples of about the same length in the same step. Use it with a ``DataLoader``
-    whose ``batch_size`` equals ``batch_size`` here. Like ``DistributedSampler``, it
-    repeats a few indices so that every rank gets as many batches (or, with
-    ``drop_last``, drops the incomplete last global batch).
+    whose ``batch_size`` equals ``batch_size`` here. To give every rank as many batches
+    it pads the last global batch with zero-weight places ``len(lengths) + i``
+    (:class:`focusft.data.epoch.ZeroWeightPadding`; they sort last in their group), or,
+    with ``drop_last``, drops the incomplete last global batch.
     """
 
     def __init__(
@@ -56,10 +57,12 @@ class LengthGroupedSampler(Sampler[int]):
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         global_batch = self.batch_size * self.num_replicas
         total = self.num_global_batches * global_batch
-        order = order.repeat(-(-total // n))[:total]  # pad by repeating, or drop the tail
+        padding = order.repeat(-(-total // n))[n:total] + n  # zero-weight copies of the first indices
+        order = torch.cat([order[:total], padding])  # or drop the tail
+        lengths = torch.cat([self.lengths, torch.zeros_like(self.lengths)])
         batches = []
         for group in order.split(global_batch * self.group_factor):
-            by_length = group[torch.argsort(self.lengths[group], descending=True, stable=True)]
+            by_length = group[torch.argsort(lengths[group], descending=True, stable=True)]
             batches += list(by_length.split(global_batch))
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
