@@ -1,14 +1,16 @@
-"""Make a saved checkpoint directory behave like a Qwen2.5-Instruct download.
+"""Make a saved checkpoint directory behave like the family's Instruct download.
 
-Training ends every assistant turn with ``<|im_end|>`` (see :mod:`focusft.data.tokenize`),
-but torchtune's checkpointer copies the base model's ``config.json``,
-``generation_config.json`` and tokenizer files unchanged. For a Qwen2.5 *base* model
-those name ``<|endoftext|>`` as eos, so transformers, vLLM and lm-eval would keep
-generating past the end of the answer. :func:`set_chat_eos` writes the eos ids the
-model was trained to stop at, as Qwen2.5-Instruct ships them: ``generation_config.json``
-stops at ``[<|im_end|>, <|endoftext|>]``, ``config.json`` and ``tokenizer_config.json``
-name ``<|im_end|>``. :func:`make_readable` gives the files the 0644 mode of an HF download
-(safetensors writes weights 0600).
+Training ends every assistant turn with the family's end-of-turn token (``<|im_end|>`` for
+Qwen2.5 and Qwen3, ``<|eot_id|>`` for Llama 3; see :mod:`focusft.models`), but torchtune's
+checkpointer copies the base model's ``config.json``, ``generation_config.json`` and
+tokenizer files unchanged. For a *base* model those name the end of text as eos, so
+transformers, vLLM and lm-eval would keep generating past the end of the answer.
+:func:`set_chat_eos` writes the eos ids the model was trained to stop at, as the Instruct
+models ship them: ``generation_config.json`` stops at the family's stop tokens (Qwen:
+``[<|im_end|>, <|endoftext|>]``; Llama 3.1: ``[<|eot_id|>, <|end_of_text|>, <|eom_id|>]``),
+``config.json`` and ``tokenizer_config.json`` name the end-of-turn token.
+:func:`make_readable` gives the files the 0644 mode of an HF download (safetensors writes
+weights 0600).
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-TURN_END = "<|im_end|>"
-END_OF_TEXT = "<|endoftext|>"
 FILE_MODE = 0o644
 
 
@@ -38,21 +38,27 @@ def special_token_ids(directory: Path) -> dict[str, int]:
     return {token["content"]: token["id"] for token in json.loads(path.read_text())["added_tokens"]}
 
 
-def set_chat_eos(directory: Path) -> tuple[int, int]:
-    """Point every eos field of ``directory`` at ``<|im_end|>`` (generation also stops at ``<|endoftext|>``)."""
+def set_chat_eos(directory: Path) -> tuple[int, ...]:
+    """Point every eos field of ``directory`` at its family's end-of-turn token; returns the stop ids."""
+    from focusft.models import family_for_special_tokens  # focusft.models imports the data package
+
     ids = special_token_ids(directory)
-    missing = [token for token in (TURN_END, END_OF_TEXT) if token not in ids]
+    try:
+        family = family_for_special_tokens(ids)
+    except ValueError as error:
+        raise ValueError(f"{directory / 'tokenizer.json'}: {error}") from None
+    missing = [token for token in family.stop_tokens if token not in ids]
     if missing:
-        raise ValueError(f"{directory / 'tokenizer.json'} lacks the Qwen2.5 special token(s) {missing}.")
-    turn_end, end_of_text = ids[TURN_END], ids[END_OF_TEXT]
+        raise ValueError(f"{directory / 'tokenizer.json'} lacks the {family.name} special token(s) {missing}.")
+    stops = tuple(ids[token] for token in family.stop_tokens)
 
     generation = _read(directory / "generation_config.json")
-    generation["eos_token_id"] = [turn_end, end_of_text]
-    generation.setdefault("pad_token_id", end_of_text)
+    generation["eos_token_id"] = list(stops)
+    generation.setdefault("pad_token_id", stops[1])  # the end-of-text token
     _write(directory / "generation_config.json", generation)
 
     config = _read(directory / "config.json")
-    config["eos_token_id"] = turn_end
+    config["eos_token_id"] = stops[0]
     _write(directory / "config.json", config)
 
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
@@ -60,9 +66,9 @@ def set_chat_eos(directory: Path) -> tuple[int, int]:
         if path.is_file():
             data = _read(path)
             eos = data.get("eos_token")
-            data["eos_token"] = {**eos, "content": TURN_END} if isinstance(eos, dict) else TURN_END
+            data["eos_token"] = {**eos, "content": family.turn_end} if isinstance(eos, dict) else family.turn_end
             _write(path, data)
-    return turn_end, end_of_text
+    return stops
 
 
 def make_readable(directory: Path) -> None:

@@ -36,7 +36,7 @@ as Qwen2.5-Instruct's chat template renders them (see there). Conversion rules:
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from torchtune.data import Message
@@ -59,6 +59,8 @@ CHAT_CONTROL_TOKENS: tuple[str, ...] = ("<|im_start|>", "<|im_end|>", "<|endofte
 # Qwen2.5's chat template, verbatim: its default system prompt (when the conversation has no
 # system message) and the tool block it appends to the system prompt.
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# Default of the dataset builders' default_system_prompt: the model family's own (focusft.models).
+FAMILY_DEFAULT_SYSTEM = object()
 _TOOLS_HEADER = (
     "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
@@ -78,21 +80,27 @@ def openai_to_messages(
     row: Mapping[str, Any],
     forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS,
     default_system_prompt: str | None = QWEN_DEFAULT_SYSTEM,
+    convert: Callable[..., list[Message]] | None = None,
 ) -> list[Message]:
-    """A row with ``messages`` (OpenAI chat format) and optional ``tools``."""
+    """A row with ``messages`` (OpenAI chat format) and optional ``tools``.
+
+    ``convert`` renders the turns for a model family (:mod:`focusft.models`); default Qwen2.5's
+    :func:`to_torchtune_messages`.
+    """
     turns = _field(row, "messages")
-    return to_torchtune_messages(turns, _tools(row), forbidden_tokens, default_system_prompt)
+    return (convert or to_torchtune_messages)(turns, _tools(row), forbidden_tokens, default_system_prompt)
 
 
 def sharegpt_to_messages(
     row: Mapping[str, Any],
     forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS,
     default_system_prompt: str | None = QWEN_DEFAULT_SYSTEM,
+    convert: Callable[..., list[Message]] | None = None,
 ) -> list[Message]:
     """A row with ``conversations`` of ``{"from", "value"}`` turns and optional ``tools``.
 
     ``function_call`` turns hold one call (or a list of calls) as JSON ``{"name", "arguments"}``;
-    ``observation`` turns are tool outputs.
+    ``observation`` turns are tool outputs. ``convert``: as in :func:`openai_to_messages`.
     """
     turns = []
     for index, turn in enumerate(_field(row, "conversations")):
@@ -113,7 +121,7 @@ def sharegpt_to_messages(
         turns.append(
             {"role": "assistant", "content": None, "tool_calls": calls if isinstance(calls, list) else [calls]}
         )
-    return to_torchtune_messages(turns, _tools(row), forbidden_tokens, default_system_prompt)
+    return (convert or to_torchtune_messages)(turns, _tools(row), forbidden_tokens, default_system_prompt)
 
 
 def check_text(text: str, where: str, forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS) -> None:

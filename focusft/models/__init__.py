@@ -1,0 +1,113 @@
+"""The model families this project trains, and what the data, checkpoint and eval code asks of each.
+
+One :class:`ModelFamily` per family (Qwen2.5, Qwen3, Llama 3.1/3.2): its chat format (messages
+and tokens exactly as its official chat template renders them), the end-of-turn token that
+saved checkpoints stop generation at, and the ``config.json`` model type of its checkpoints.
+Code that depends on the family asks :func:`family_for_tokenizer` or :func:`get_family`
+instead of branching on it. The fast weights need nothing per family: every builder here
+uses torchtune's ``FeedForward`` (``w1`` gate, ``w3`` up, ``w2`` down), the one mapping in
+:data:`focusft.fast_weights.FFN_PROJECTIONS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from torchtune.data import Message
+
+from focusft.data.messages import CHAT_CONTROL_TOKENS, FAMILY_DEFAULT_SYSTEM, QWEN_DEFAULT_SYSTEM, to_torchtune_messages
+from focusft.data.tokenize import TokenizedConversation, tokenize_conversation
+from focusft.models.llama3 import llama3_messages, tokenize_llama3_conversation
+from focusft.models.qwen3 import qwen3_messages
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """What differs between model families; see the module docstring."""
+
+    name: str
+    hf_model_type: str  # config.json "model_type" of its checkpoints
+    marker_tokens: tuple[str, ...]  # special tokens whose presence identifies the family's tokenizer
+    to_messages: Callable[..., list[Message]]  # (turns, tools, forbidden_tokens, default_system_prompt)
+    tokenize: Callable[..., TokenizedConversation]  # (messages, tokenizer, *, train_on_assistant_header)
+    default_system_prompt: str | None  # system text of a conversation without one, as the template adds it
+    turn_end: str  # closes every assistant turn: the eos of a fine-tuned checkpoint
+    stop_tokens: tuple[str, ...]  # generation_config.json eos ids: turn_end, end of text, others
+
+    def render(
+        self,
+        turns: list,
+        tokenizer: object,
+        *,
+        tools: list | None = None,
+        forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS,
+        default_system_prompt: str | None | object = FAMILY_DEFAULT_SYSTEM,
+        train_on_assistant_header: bool = False,
+    ) -> TokenizedConversation:
+        """OpenAI-style turns -> tokens and context flags, as the family's chat template renders them."""
+        system = self.default_system_prompt if default_system_prompt is FAMILY_DEFAULT_SYSTEM else default_system_prompt
+        messages = self.to_messages(turns, tools, forbidden_tokens, system)
+        return self.tokenize(messages, tokenizer, train_on_assistant_header=train_on_assistant_header)
+
+
+FAMILIES: dict[str, ModelFamily] = {
+    family.name: family
+    for family in (
+        # Checked in this order: the first whose markers the tokenizer has.
+        ModelFamily(
+            name="llama3",
+            hf_model_type="llama",
+            marker_tokens=("<|start_header_id|>", "<|eot_id|>"),
+            to_messages=llama3_messages,
+            tokenize=tokenize_llama3_conversation,
+            default_system_prompt=None,
+            turn_end="<|eot_id|>",
+            stop_tokens=("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"),
+        ),
+        ModelFamily(
+            name="qwen3",
+            hf_model_type="qwen3",
+            marker_tokens=("<|im_start|>", "<|im_end|>", "<think>"),
+            to_messages=qwen3_messages,
+            tokenize=tokenize_conversation,
+            default_system_prompt=None,
+            turn_end="<|im_end|>",
+            stop_tokens=("<|im_end|>", "<|endoftext|>"),
+        ),
+        ModelFamily(
+            name="qwen2_5",
+            hf_model_type="qwen2",
+            marker_tokens=("<|im_start|>", "<|im_end|>"),
+            to_messages=to_torchtune_messages,
+            tokenize=tokenize_conversation,
+            default_system_prompt=QWEN_DEFAULT_SYSTEM,
+            turn_end="<|im_end|>",
+            stop_tokens=("<|im_end|>", "<|endoftext|>"),
+        ),
+    )
+}
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family called ``name``; raises ``ValueError`` naming the known ones."""
+    if name not in FAMILIES:
+        raise ValueError(f"Unknown model family {name!r}; expected one of {sorted(FAMILIES)}.")
+    return FAMILIES[name]
+
+
+def family_for_special_tokens(tokens: Collection[str]) -> ModelFamily:
+    """The family whose marker tokens are all in ``tokens`` (a tokenizer's special tokens)."""
+    for family in FAMILIES.values():
+        if all(token in tokens for token in family.marker_tokens):
+            return family
+    raise ValueError(
+        "The tokenizer's special tokens match no model family: "
+        + "; ".join(f"{family.name} needs {list(family.marker_tokens)}" for family in FAMILIES.values())
+        + "."
+    )
+
+
+def family_for_tokenizer(tokenizer: object) -> ModelFamily:
+    """The family of a torchtune tokenizer, from its ``special_tokens``."""
+    return family_for_special_tokens(getattr(tokenizer, "special_tokens", {}) or {})
