@@ -11,14 +11,23 @@ uses torchtune's ``FeedForward`` (``w1`` gate, ``w3`` up, ``w2`` down), the one 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torchtune.data import Message
 
-from focusft.data.messages import CHAT_CONTROL_TOKENS, FAMILY_DEFAULT_SYSTEM, QWEN_DEFAULT_SYSTEM, to_torchtune_messages
+from focusft.data.messages import (
+    CHAT_CONTROL_TOKENS,
+    FAMILY_DEFAULT_SYSTEM,
+    QWEN_DEFAULT_SYSTEM,
+    openai_to_messages,
+    sharegpt_to_messages,
+    to_torchtune_messages,
+)
 from focusft.data.tokenize import TokenizedConversation, tokenize_conversation
-from focusft.models.llama3 import llama3_messages, tokenize_llama3_conversation
+from focusft.models.llama3 import encode_text as llama3_encode_text
+from focusft.models.llama3 import llama3_messages, llama3_turn_headers, tokenize_llama3_conversation
 from focusft.models.qwen3 import qwen3_messages
 
 
@@ -34,6 +43,17 @@ class ModelFamily:
     default_system_prompt: str | None  # system text of a conversation without one, as the template adds it
     turn_end: str  # closes every assistant turn: the eos of a fine-tuned checkpoint
     stop_tokens: tuple[str, ...]  # generation_config.json eos ids: turn_end, end of text, others
+    # tokenizer -> (token that opens every turn, [(header tokens, "prompt" | "tool" | "response")], longest first)
+    turn_headers: Callable[[Any], tuple[int, list[tuple[list[int], str]]]]
+    encode_text: Callable[[Any, str], list[int]]  # (tokenizer, text with special tokens written out) -> ids
+
+    def render_messages(
+        self, row: Mapping[str, Any], tokenizer: object, conversation_format: str = "openai"
+    ) -> TokenizedConversation:
+        """A training row (``openai`` messages or ``sharegpt`` conversations) tokenized as training does."""
+        to_messages = openai_to_messages if conversation_format == "openai" else sharegpt_to_messages
+        messages = to_messages(row, default_system_prompt=self.default_system_prompt, convert=self.to_messages)
+        return self.tokenize(messages, tokenizer)
 
     def render(
         self,
@@ -51,6 +71,26 @@ class ModelFamily:
         return self.tokenize(messages, tokenizer, train_on_assistant_header=train_on_assistant_header)
 
 
+def qwen_encode_text(tokenizer: Any, text: str) -> list[int]:
+    """torchtune's Qwen2.5 tokenizer already splits text at the special tokens written in it."""
+    return tokenizer.encode(text, add_bos=False, add_eos=False)
+
+
+def qwen_turn_headers(tokenizer: Any) -> tuple[int, list[tuple[list[int], str]]]:
+    """Qwen2.5 and Qwen3: ``<|im_start|>ROLE\\n``; a tool output is a user turn opening with ``<tool_response>``."""
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_bos=False, add_eos=False)
+
+    start = tokenizer.im_start_id
+    return start, [
+        ([start, *encode("user\n"), *encode("<tool_response>\n")], "tool"),
+        ([start, *encode("assistant\n")], "response"),
+        ([start, *encode("user\n")], "prompt"),
+        ([start, *encode("system\n")], "prompt"),
+    ]
+
+
 FAMILIES: dict[str, ModelFamily] = {
     family.name: family
     for family in (
@@ -64,6 +104,8 @@ FAMILIES: dict[str, ModelFamily] = {
             default_system_prompt=None,
             turn_end="<|eot_id|>",
             stop_tokens=("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"),
+            turn_headers=llama3_turn_headers,
+            encode_text=llama3_encode_text,
         ),
         ModelFamily(
             name="qwen3",
@@ -74,6 +116,8 @@ FAMILIES: dict[str, ModelFamily] = {
             default_system_prompt=None,
             turn_end="<|im_end|>",
             stop_tokens=("<|im_end|>", "<|endoftext|>"),
+            turn_headers=qwen_turn_headers,
+            encode_text=qwen_encode_text,
         ),
         ModelFamily(
             name="qwen2_5",
@@ -84,6 +128,8 @@ FAMILIES: dict[str, ModelFamily] = {
             default_system_prompt=QWEN_DEFAULT_SYSTEM,
             turn_end="<|im_end|>",
             stop_tokens=("<|im_end|>", "<|endoftext|>"),
+            turn_headers=qwen_turn_headers,
+            encode_text=qwen_encode_text,
         ),
     )
 }

@@ -27,6 +27,7 @@ Trained (``context == False``): an assistant body and its ``<|eot_id|>``. The as
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,37 @@ def tokenize_llama3_conversation(
             context += [True] * (len(tokens) - len(context))
         spans.append((start, len(tokens)))
     return TokenizedConversation(tokens=tokens, context=context, spans=spans, roles=[m.role for m in messages])
+
+
+def encode_text(tokenizer: Llama3Tokenizer, text: str) -> list[int]:
+    """Ids of ``text`` in which special tokens are written out (a rendered chat template), specials as themselves.
+
+    torchtune's tiktoken ``encode`` reads ``<|eot_id|>`` in text as plain characters; HF's
+    tokenizer splits the text at its added tokens first and encodes the pieces: done here too.
+    """
+    specials = tokenizer.special_tokens
+    pattern = "(" + "|".join(re.escape(token) for token in sorted(specials, key=len, reverse=True)) + ")"
+    ids: list[int] = []
+    for piece in re.split(pattern, text):
+        if piece in specials:
+            ids.append(specials[piece])
+        elif piece:
+            ids += tokenizer.encode(piece, add_bos=False, add_eos=False)
+    return ids
+
+
+def llama3_turn_headers(tokenizer: Llama3Tokenizer) -> tuple[int, list[tuple[list[int], str]]]:
+    """``<|start_header_id|>ROLE<|end_header_id|>``: ``ipython`` turns are tool outputs."""
+
+    def header(role: str) -> list[int]:
+        return [
+            tokenizer.start_header_id,
+            *tokenizer.encode(role, add_bos=False, add_eos=False),
+            tokenizer.end_header_id,
+        ]
+
+    kinds = {"ipython": "tool", "assistant": "response", "user": "prompt", "system": "prompt"}
+    return tokenizer.start_header_id, [(header(role), kind) for role, kind in kinds.items()]
 
 
 def tokenizer_files(directory: Path) -> dict[str, str]:
