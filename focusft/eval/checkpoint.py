@@ -16,23 +16,13 @@ from pathlib import Path
 
 import torch
 from torchtune import training
-from torchtune.models.llama3_2._component_builders import llama3_2
-from torchtune.models.qwen2 import qwen2
-from torchtune.models.qwen2_5 import qwen2_5_tokenizer
 from torchtune.models.qwen2_5._tokenizer import Qwen2_5Tokenizer
 from torchtune.modules import TransformerDecoder
 
 from focusft.eval.errors import CheckpointError, EvalError
-from focusft.models import llama3
-from focusft.models.qwen3 import Qwen3HFCheckpointer, qwen3
+from focusft.models import FAMILIES, ModelDims, ModelFamily, family_for_model_type
 
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
-# config.json model_type -> (tokenizer files, checkpointer class, its model_type)
-MODEL_TYPES = {
-    "qwen2": (TOKENIZER_FILES, training.FullModelHFCheckpointer, "QWEN2"),
-    "qwen3": (TOKENIZER_FILES, Qwen3HFCheckpointer, "QWEN3"),
-    "llama": (("tokenizer.model", "tokenizer.json"), training.FullModelHFCheckpointer, "LLAMA3"),
-}
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")  # Qwen's; each family names its own
 # Llama 3's scaled RoPE as torchtune's Llama3ScaledRoPE computes it (only the factor is a parameter).
 _LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -63,14 +53,18 @@ class QwenCheckpoint:
     weight_files: tuple[str, ...]
     eos_token: str
     stop_token_ids: tuple[int, ...]  # config.json / generation_config.json eos ids: where HF generation stops
-    model_type: str = "qwen2"  # config.json model_type: a key of MODEL_TYPES
+    model_type: str = "qwen2"  # config.json model_type of a registered family (focusft.models)
     head_dim: int = 0  # 0: embed_dim // num_heads
     rope_factor: float = 1.0  # Llama 3's RoPE scale factor
 
+    @property
+    def family(self) -> ModelFamily:
+        return family_for_model_type(self.model_type)
+
     def build_model(self, max_seq_len: int | None = None) -> TransformerDecoder:
-        """The torchtune decoder of ``model_type`` with these dimensions (random init; see :func:`load_model`)."""
-        if self.model_type == "qwen3":
-            return qwen3(
+        """The family's torchtune decoder with these dimensions (random init; see :func:`load_model`)."""
+        return self.family.build(
+            ModelDims(
                 vocab_size=self.vocab_size,
                 num_layers=self.num_layers,
                 num_heads=self.num_heads,
@@ -81,33 +75,9 @@ class QwenCheckpoint:
                 head_dim=self.head_dim or self.embed_dim // self.num_heads,
                 norm_eps=self.norm_eps,
                 rope_base=self.rope_base,
+                rope_factor=self.rope_factor,
                 tie_word_embeddings=self.tie_word_embeddings,
             )
-        if self.model_type == "llama":
-            return llama3_2(
-                vocab_size=self.vocab_size,
-                num_layers=self.num_layers,
-                num_heads=self.num_heads,
-                num_kv_heads=self.num_kv_heads,
-                embed_dim=self.embed_dim,
-                max_seq_len=max_seq_len or self.max_position_embeddings,
-                rope_base=self.rope_base,
-                intermediate_dim=self.intermediate_dim,
-                norm_eps=self.norm_eps,
-                scale_factor=self.rope_factor,
-                tie_word_embeddings=self.tie_word_embeddings,
-            )
-        return qwen2(
-            vocab_size=self.vocab_size,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            num_kv_heads=self.num_kv_heads,
-            embed_dim=self.embed_dim,
-            intermediate_dim=self.intermediate_dim,
-            max_seq_len=max_seq_len or self.max_position_embeddings,
-            norm_eps=self.norm_eps,
-            rope_base=self.rope_base,
-            tie_word_embeddings=self.tie_word_embeddings,
         )
 
 
@@ -194,23 +164,26 @@ def read_checkpoint(checkpoint_dir: str | Path, tokenizer_dir: str | Path | None
         raise CheckpointError(f"{directory} has no config.json; is it a checkpoint directory (epoch_N/ or step_K/)?")
     config = _read_json(config_path)
     model_type = config.get("model_type")
-    if model_type not in MODEL_TYPES:
+    try:
+        family = family_for_model_type(model_type)
+    except ValueError:
+        known = sorted(f.hf_model_type for f in FAMILIES.values())
         raise CheckpointError(
-            f"{config_path}: field 'model_type' is {model_type!r}; the focusft model loads {sorted(MODEL_TYPES)} "
+            f"{config_path}: field 'model_type' is {model_type!r}; the focusft model loads {known} "
             "checkpoints (Qwen2.5, Qwen3, Llama 3) only. Use lm-eval's hf backend for other architectures."
-        )
+        ) from None
     if config.get("use_sliding_window"):
         raise CheckpointError(f"{config_path}: field 'use_sliding_window' is true; torchtune's Qwen2 has no such mode.")
     embed_dim = _field(config, config_path, "hidden_size", int)
     num_heads = _field(config, config_path, "num_attention_heads", int)
     head_dim = config.get("head_dim", embed_dim // num_heads)
-    if head_dim * num_heads != embed_dim and model_type != "qwen3":
+    if head_dim * num_heads != embed_dim and not family.any_head_dim:
         raise CheckpointError(
-            f"{config_path}: field 'head_dim' is {head_dim}, but torchtune's Qwen2 needs "
+            f"{config_path}: field 'head_dim' is {head_dim}, but torchtune's builder needs "
             f"hidden_size / num_attention_heads = {embed_dim / num_heads}."
         )
     tokenizer_path = directory if tokenizer_dir is None else Path(tokenizer_dir).expanduser()
-    tokenizer_files = MODEL_TYPES[model_type][0]
+    tokenizer_files = family.tokenizer_files
     for name in tokenizer_files:
         if not (tokenizer_path / name).is_file():
             raise CheckpointError(
@@ -258,7 +231,7 @@ def load_model(
     """The decoder with the checkpoint's weights, loaded by torchtune's HF checkpointer, in eval mode."""
     with tempfile.TemporaryDirectory(prefix="focusft-eval-") as scratch:
         # The checkpointer insists on an output directory; nothing is written there on load.
-        _, checkpointer_class, checkpointer_type = MODEL_TYPES[checkpoint.model_type]
+        checkpointer_class, checkpointer_type = checkpoint.family.checkpointer
         checkpointer = checkpointer_class(
             checkpoint_dir=str(checkpoint.path),
             checkpoint_files=list(checkpoint.weight_files),
@@ -288,14 +261,6 @@ def load_model(
     return model.eval().requires_grad_(False)
 
 
-def load_tokenizer(checkpoint: QwenCheckpoint) -> Qwen2_5Tokenizer | llama3.Llama3Tokenizer:
-    """torchtune's tokenizer of the family (Qwen2.5's for Qwen3 too), with the checkpoint's own eos token."""
-    d = checkpoint.tokenizer_path
-    if checkpoint.model_type == "llama":
-        return llama3.llama3_tokenizer(**llama3.tokenizer_files(d))
-    return qwen2_5_tokenizer(
-        path=str(d / "vocab.json"),
-        merges_file=str(d / "merges.txt"),
-        special_tokens_path=str(d / "tokenizer.json"),
-        eos_token=checkpoint.eos_token,
-    )
+def load_tokenizer(checkpoint: QwenCheckpoint) -> Qwen2_5Tokenizer:
+    """torchtune's tokenizer of the checkpoint's family (Qwen2.5's serves Qwen3), with its own eos token."""
+    return checkpoint.family.load_tokenizer(checkpoint.tokenizer_path, checkpoint.eos_token)

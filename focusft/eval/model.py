@@ -1,4 +1,4 @@
-"""The ``focusft`` lm-eval model: this project's checkpoints through torchtune's Qwen2.5 model and tokenizer.
+"""The ``focusft`` lm-eval model: this project's checkpoints through torchtune's model and tokenizer of their family.
 
 Importing this module registers the model with lm-eval (``--model focusft``);
 ``focusft-eval`` does so before handing its arguments to lm-eval's CLI.

@@ -13,9 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torchtune.data import Message
+from torchtune.models.llama3_2._component_builders import llama3_2
+from torchtune.models.qwen2 import qwen2
+from torchtune.models.qwen2_5 import qwen2_5_tokenizer
+from torchtune.models.qwen2_5._tokenizer import Qwen2_5Tokenizer
+from torchtune.modules import TransformerDecoder
+from torchtune.training import FullModelHFCheckpointer
 
 from focusft.data.messages import (
     CHAT_CONTROL_TOKENS,
@@ -27,8 +34,15 @@ from focusft.data.messages import (
 )
 from focusft.data.tokenize import TokenizedConversation, tokenize_conversation
 from focusft.models.llama3 import encode_text as llama3_encode_text
-from focusft.models.llama3 import llama3_messages, llama3_turn_headers, tokenize_llama3_conversation
-from focusft.models.qwen3 import qwen3_messages
+from focusft.models.llama3 import (
+    llama3_messages,
+    llama3_tokenizer,
+    llama3_turn_headers,
+    tokenize_llama3_conversation,
+    tokenizer_files,
+)
+from focusft.models.qwen3 import Qwen3HFCheckpointer, qwen3_messages
+from focusft.models.qwen3 import qwen3 as qwen3_decoder  # the name qwen3 is the submodule's
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,12 @@ class ModelFamily:
     # tokenizer -> (token that opens every turn, [(header tokens, "prompt" | "tool" | "response")], longest first)
     turn_headers: Callable[[Any], tuple[int, list[tuple[list[int], str]]]]
     encode_text: Callable[[Any, str], list[int]]  # (tokenizer, text with special tokens written out) -> ids
+    # Reading its HF checkpoints (focusft.eval.checkpoint): tokenizer files, checkpointer, builder, tokenizer.
+    tokenizer_files: tuple[str, ...]
+    checkpointer: tuple[type, str]  # torchtune HF checkpointer class and its model_type
+    build: Callable[..., TransformerDecoder]  # HF config dimensions (see ModelDims) -> decoder, random init
+    load_tokenizer: Callable[[Path, str], Any]  # (tokenizer directory, eos token) -> torchtune tokenizer
+    any_head_dim: bool = False  # head_dim may differ from hidden_size / num_heads (Qwen3)
 
     def render_messages(
         self, row: Mapping[str, Any], tokenizer: object, conversation_format: str = "openai"
@@ -69,6 +89,88 @@ class ModelFamily:
         system = self.default_system_prompt if default_system_prompt is FAMILY_DEFAULT_SYSTEM else default_system_prompt
         messages = self.to_messages(turns, tools, forbidden_tokens, system)
         return self.tokenize(messages, tokenizer, train_on_assistant_header=train_on_assistant_header)
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The dimensions a family's builder takes, read from an HF ``config.json``."""
+
+    vocab_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    embed_dim: int
+    intermediate_dim: int
+    max_seq_len: int
+    head_dim: int
+    norm_eps: float
+    rope_base: float
+    rope_factor: float  # Llama 3's RoPE scale factor (1.0 elsewhere)
+    tie_word_embeddings: bool
+
+
+def _qwen2_5_build(d: ModelDims) -> TransformerDecoder:
+    return qwen2(
+        vocab_size=d.vocab_size,
+        num_layers=d.num_layers,
+        num_heads=d.num_heads,
+        num_kv_heads=d.num_kv_heads,
+        embed_dim=d.embed_dim,
+        intermediate_dim=d.intermediate_dim,
+        max_seq_len=d.max_seq_len,
+        norm_eps=d.norm_eps,
+        rope_base=d.rope_base,
+        tie_word_embeddings=d.tie_word_embeddings,
+    )
+
+
+def _qwen3_build(d: ModelDims) -> TransformerDecoder:
+    return qwen3_decoder(
+        vocab_size=d.vocab_size,
+        num_layers=d.num_layers,
+        num_heads=d.num_heads,
+        num_kv_heads=d.num_kv_heads,
+        embed_dim=d.embed_dim,
+        intermediate_dim=d.intermediate_dim,
+        max_seq_len=d.max_seq_len,
+        head_dim=d.head_dim,
+        norm_eps=d.norm_eps,
+        rope_base=d.rope_base,
+        tie_word_embeddings=d.tie_word_embeddings,
+    )
+
+
+def _llama3_build(d: ModelDims) -> TransformerDecoder:
+    """torchtune's Llama 3.2 component builder: Llama 3.1 too (same layers, RoPE scale factor 8, untied)."""
+    return llama3_2(
+        vocab_size=d.vocab_size,
+        num_layers=d.num_layers,
+        num_heads=d.num_heads,
+        num_kv_heads=d.num_kv_heads,
+        embed_dim=d.embed_dim,
+        max_seq_len=d.max_seq_len,
+        rope_base=d.rope_base,
+        intermediate_dim=d.intermediate_dim,
+        norm_eps=d.norm_eps,
+        scale_factor=d.rope_factor,
+        tie_word_embeddings=d.tie_word_embeddings,
+    )
+
+
+def _qwen_tokenizer(directory: Path, eos_token: str) -> Qwen2_5Tokenizer:
+    return qwen2_5_tokenizer(
+        path=str(directory / "vocab.json"),
+        merges_file=str(directory / "merges.txt"),
+        special_tokens_path=str(directory / "tokenizer.json"),
+        eos_token=eos_token,
+    )
+
+
+def _llama3_tokenizer(directory: Path, eos_token: str) -> Any:
+    return llama3_tokenizer(**tokenizer_files(directory))
+
+
+QWEN_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
 
 
 def qwen_encode_text(tokenizer: Any, text: str) -> list[int]:
@@ -106,6 +208,10 @@ FAMILIES: dict[str, ModelFamily] = {
             stop_tokens=("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"),
             turn_headers=llama3_turn_headers,
             encode_text=llama3_encode_text,
+            tokenizer_files=("tokenizer.model", "tokenizer.json"),
+            checkpointer=(FullModelHFCheckpointer, "LLAMA3"),
+            build=_llama3_build,
+            load_tokenizer=_llama3_tokenizer,
         ),
         ModelFamily(
             name="qwen3",
@@ -118,6 +224,11 @@ FAMILIES: dict[str, ModelFamily] = {
             stop_tokens=("<|im_end|>", "<|endoftext|>"),
             turn_headers=qwen_turn_headers,
             encode_text=qwen_encode_text,
+            tokenizer_files=QWEN_TOKENIZER_FILES,
+            checkpointer=(Qwen3HFCheckpointer, "QWEN3"),
+            build=_qwen3_build,
+            load_tokenizer=_qwen_tokenizer,
+            any_head_dim=True,
         ),
         ModelFamily(
             name="qwen2_5",
@@ -130,6 +241,10 @@ FAMILIES: dict[str, ModelFamily] = {
             stop_tokens=("<|im_end|>", "<|endoftext|>"),
             turn_headers=qwen_turn_headers,
             encode_text=qwen_encode_text,
+            tokenizer_files=QWEN_TOKENIZER_FILES,
+            checkpointer=(FullModelHFCheckpointer, "QWEN2"),
+            build=_qwen2_5_build,
+            load_tokenizer=_qwen_tokenizer,
         ),
     )
 }
@@ -152,6 +267,14 @@ def family_for_special_tokens(tokens: Collection[str]) -> ModelFamily:
         + "; ".join(f"{family.name} needs {list(family.marker_tokens)}" for family in FAMILIES.values())
         + "."
     )
+
+
+def family_for_model_type(model_type: object) -> ModelFamily:
+    """The family of a checkpoint's ``config.json`` ``model_type``; raises ``ValueError`` naming the known ones."""
+    for family in FAMILIES.values():
+        if family.hf_model_type == model_type:
+            return family
+    raise ValueError(f"model_type {model_type!r} is none of {sorted(f.hf_model_type for f in FAMILIES.values())}")
 
 
 def family_for_tokenizer(tokenizer: object) -> ModelFamily:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from focusft.analysis.segments import Segment, token_segments
 from focusft.data.messages import ConversationError
 from focusft.models import family_for_tokenizer, get_family
 from focusft.tiny import (
@@ -161,3 +162,17 @@ def test_each_tiny_tokenizer_carries_its_official_template(tokenizers):
     for family, (_, hf) in tokenizers.items():
         shipped = AutoTokenizer.from_pretrained(hf.name_or_path).chat_template
         assert shipped == (FIXTURES / TEMPLATES[family]).read_text()
+
+
+@pytest.mark.parametrize("family_name", sorted(TEMPLATES))
+def test_attention_segments_follow_each_familys_turn_headers(tokenizers, family_name):
+    """focusft-attention's segments: trained tokens are response, the tool output's text is tool, the rest prompt."""
+    tokenizer, hf = tokenizers[family_name]
+    rendered = get_family(family_name).render(CONVERSATIONS["one tool call"], tokenizer)
+    segments = token_segments(rendered.tokens, tokenizer, sink_tokens=0).tolist()
+    assert all(segments[i] == Segment.RESPONSE for i, context in enumerate(rendered.context) if not context)
+    output = hf.encode("The key is in the office.", add_special_tokens=False)
+    tool = [i for i, segment in enumerate(segments) if segment == Segment.TOOL]
+    text = hf.decode([rendered.tokens[i] for i in tool])
+    assert "The key is in the office." in text and len(tool) >= len(output)
+    assert segments[: rendered.spans[1][0]] == [Segment.PROMPT] * rendered.spans[1][0]  # system / user turns
