@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchtune.models.qwen2 import _convert_weights as qwen2_convert
 from torchtune.training import FullModelHFCheckpointer
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
@@ -91,6 +92,7 @@ def test_logits_and_checkpoints_equal_transformers(family, tmp_path):
     loader = checkpointer(str(tmp_path / "hf"), str(tmp_path / "out"))
     model.load_state_dict(loader.load_checkpoint()["model"], strict=True)
     model.eval()
+    assert qwen2_convert.qwen2_hf_to_tune.__module__ == qwen2_convert.__name__  # Qwen3's converters were swapped back
     with torch.no_grad():
         assert_close(model(tokens), expected)
     for layer in model.layers:  # the FFN names the fast weights adapt (one mapping for every family)

@@ -118,7 +118,7 @@ def chat_dataset(
     """Chat/tool conversations from local ``json`` (JSON Lines or array) or ``parquet`` files, or a hub dataset.
 
     Args:
-        tokenizer: torchtune's Qwen2.5 tokenizer.
+        tokenizer: torchtune's tokenizer of the model family (Qwen2.5's also serves Qwen3; Llama 3's).
         source: ``json``, ``parquet``, or a Hugging Face Hub dataset name (needs network).
         max_seq_len: longest sample (packed: the row length).
         data_files: path or list of paths (local sources; optional for the hub).

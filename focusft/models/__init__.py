@@ -109,52 +109,24 @@ class ModelDims:
     tie_word_embeddings: bool
 
 
+def _shared(d: ModelDims) -> dict[str, Any]:
+    """The arguments every family's builder takes."""
+    names = ("vocab_size", "num_layers", "num_heads", "num_kv_heads", "embed_dim", "intermediate_dim")
+    names += ("max_seq_len", "norm_eps", "rope_base", "tie_word_embeddings")
+    return {name: getattr(d, name) for name in names}
+
+
 def _qwen2_5_build(d: ModelDims) -> TransformerDecoder:
-    return qwen2(
-        vocab_size=d.vocab_size,
-        num_layers=d.num_layers,
-        num_heads=d.num_heads,
-        num_kv_heads=d.num_kv_heads,
-        embed_dim=d.embed_dim,
-        intermediate_dim=d.intermediate_dim,
-        max_seq_len=d.max_seq_len,
-        norm_eps=d.norm_eps,
-        rope_base=d.rope_base,
-        tie_word_embeddings=d.tie_word_embeddings,
-    )
+    return qwen2(**_shared(d))
 
 
 def _qwen3_build(d: ModelDims) -> TransformerDecoder:
-    return qwen3_decoder(
-        vocab_size=d.vocab_size,
-        num_layers=d.num_layers,
-        num_heads=d.num_heads,
-        num_kv_heads=d.num_kv_heads,
-        embed_dim=d.embed_dim,
-        intermediate_dim=d.intermediate_dim,
-        max_seq_len=d.max_seq_len,
-        head_dim=d.head_dim,
-        norm_eps=d.norm_eps,
-        rope_base=d.rope_base,
-        tie_word_embeddings=d.tie_word_embeddings,
-    )
+    return qwen3_decoder(**_shared(d), head_dim=d.head_dim)
 
 
 def _llama3_build(d: ModelDims) -> TransformerDecoder:
     """torchtune's Llama 3.2 component builder: Llama 3.1 too (same layers, RoPE scale factor 8, untied)."""
-    return llama3_2(
-        vocab_size=d.vocab_size,
-        num_layers=d.num_layers,
-        num_heads=d.num_heads,
-        num_kv_heads=d.num_kv_heads,
-        embed_dim=d.embed_dim,
-        max_seq_len=d.max_seq_len,
-        rope_base=d.rope_base,
-        intermediate_dim=d.intermediate_dim,
-        norm_eps=d.norm_eps,
-        scale_factor=d.rope_factor,
-        tie_word_embeddings=d.tie_word_embeddings,
-    )
+    return llama3_2(**_shared(d), scale_factor=d.rope_factor)
 
 
 def _qwen_tokenizer(directory: Path, eos_token: str) -> Qwen2_5Tokenizer:
