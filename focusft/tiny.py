@@ -8,21 +8,28 @@ like a real Qwen2.5 model.
 
 from __future__ import annotations
 
+import base64
 import json
 import random
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from torchtune.models import convert_weights
+from torchtune.models.llama3._tokenizer import Llama3Tokenizer
+from torchtune.models.llama3_2._component_builders import llama3_2
 from torchtune.models.qwen2 import qwen2, qwen2_tune_to_hf
 from torchtune.models.qwen2._tokenizer import PRETOKENIZE_REGEX
 from torchtune.models.qwen2_5 import qwen2_5_tokenizer
 from torchtune.models.qwen2_5._tokenizer import QWEN2_5_SPECIAL_TOKENS, Qwen2_5Tokenizer
 from torchtune.modules import TransformerDecoder
 
-from focusft.hf_files import tokenizer_config
+from focusft.hf_files import instruct_tokenizer_config, special_token_ids
+from focusft.models import llama3, qwen3
 
 # Special tokens in Qwen2.5's own order; they take the ids right after the BPE vocabulary.
 SPECIAL_TOKENS: list[str] = sorted(QWEN2_5_SPECIAL_TOKENS, key=QWEN2_5_SPECIAL_TOKENS.get)
@@ -148,8 +155,13 @@ def tiny_corpus(seed: int = 0, num_lines: int = 3000) -> list[str]:
     return lines
 
 
-def train_tiny_tokenizer(vocab_size: int = 1024, seed: int = 0, corpus: list[str] | None = None) -> Tokenizer:
-    """Byte-level BPE with Qwen2's normaliser and pre-tokeniser; specials at the top ids.
+def train_tiny_tokenizer(
+    vocab_size: int = 1024,
+    seed: int = 0,
+    corpus: list[str] | None = None,
+    special_tokens: Sequence[str] = SPECIAL_TOKENS,
+) -> Tokenizer:
+    """Byte-level BPE with Qwen2's normaliser and pre-tokeniser; ``special_tokens`` at the top ids.
 
     ``corpus`` (default :func:`tiny_corpus`) is the text the merges are learned from.
     """
@@ -163,27 +175,49 @@ def train_tiny_tokenizer(vocab_size: int = 1024, seed: int = 0, corpus: list[str
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS),
+        vocab_size=vocab_size - len(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(tiny_corpus(seed) if corpus is None else corpus, trainer=trainer)
-    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer.add_special_tokens(list(special_tokens))
     return tokenizer
 
 
 def write_tiny_tokenizer(
-    out_dir: str | Path, vocab_size: int = 1024, seed: int = 0, corpus: list[str] | None = None
+    out_dir: str | Path,
+    vocab_size: int = 1024,
+    seed: int = 0,
+    corpus: list[str] | None = None,
+    family: str = "qwen2_5",
 ) -> Path:
-    """Write vocab.json, merges.txt, tokenizer.json and tokenizer_config.json to ``out_dir``."""
+    """Write vocab.json, merges.txt, tokenizer.json and tokenizer_config.json to ``out_dir``.
+
+    ``family`` ``qwen3``: Qwen3's added tokens (``<think>``, ``<tool_response>``, ...) and chat template.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tiny_tokenizer(vocab_size, seed, corpus)
+    special_tokens = qwen3.SPECIAL_TOKENS if family == "qwen3" else SPECIAL_TOKENS
+    tokenizer = train_tiny_tokenizer(vocab_size, seed, corpus, special_tokens)
     tokenizer.save(str(out / "tokenizer.json"))
     tokenizer.model.save(str(out), None)  # vocab.json + merges.txt
-    config = tokenizer_config(json.loads(tokenizer.to_str())["added_tokens"], TinyQwenConfig().max_seq_len)
+    special_ids = {token: tokenizer.token_to_id(token) for token in special_tokens}
+    config = instruct_tokenizer_config(family, special_ids, TinyQwenConfig().max_seq_len)
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return out
+
+
+def _added_tokens(special_ids: dict[str, int], non_special: Collection[str] = ()) -> dict[str, dict]:
+    """``tokenizer_config.json``'s ``added_tokens_decoder``."""
+    return {
+        str(i): {"content": t, "special": t not in non_special, "lstrip": False, "rstrip": False, "normalized": False}
+        for t, i in special_ids.items()
+    }
+
+
+def chat_template(name: str) -> str:
+    """The official chat template ``name`` (``qwen3``, ``llama3_1``) shipped in ``focusft/models/templates``."""
+    return (resources.files("focusft.models") / "templates" / f"{name}.jinja").read_text()
 
 
 def load_tiny_tokenizer(tokenizer_dir: str | Path, max_seq_len: int | None = None) -> Qwen2_5Tokenizer:
@@ -221,8 +255,7 @@ def hf_config(config: TinyQwenConfig, dtype: str = "float32", eos_token_id: int 
     }
 
 
-def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
-    """An HF-format Qwen2.5-architecture checkpoint directory of the tiny model and tokenizer."""
+def _write_tiny_qwen2_5(out_dir: str | Path, seed: int) -> Path:
     config = TinyQwenConfig()
     out = write_tiny_tokenizer(out_dir, config.vocab_size, seed)
     model = seeded_tiny_qwen2_5(seed)
@@ -240,15 +273,214 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
+# The tiny Qwen3: Qwen2.5's tiny dimensions with Qwen3's layout (head_dim 32 != 64 / 4 heads, tied embeddings).
+TINY_QWEN3: dict = {
+    "vocab_size": 1024,
+    "num_layers": 4,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "embed_dim": 64,
+    "intermediate_dim": 128,
+    "head_dim": 32,
+    "max_seq_len": 4096,
+    "norm_eps": 1e-6,
+    "rope_base": 1_000_000.0,
+    "tie_word_embeddings": True,
+}
+# The tiny Llama 3.2: tied embeddings, Llama 3's scaled RoPE (factor 32), 768 BPE ranks + 256 special tokens.
+TINY_LLAMA3: dict = {
+    "vocab_size": 1024,
+    "num_layers": 4,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "embed_dim": 64,
+    "intermediate_dim": 128,
+    "max_seq_len": 16384,
+    "norm_eps": 1e-5,
+    "rope_base": 500_000,
+    "scale_factor": 32,
+    "tie_word_embeddings": True,
+}
+
+
+def tiny_qwen3(**overrides) -> TransformerDecoder:
+    """The tiny Qwen3-architecture model (:func:`focusft.models.qwen3.qwen3`, random init)."""
+    return qwen3.qwen3(**{**TINY_QWEN3, **overrides})
+
+
+def tiny_llama3(**overrides) -> TransformerDecoder:
+    """The tiny Llama 3.2-architecture model (torchtune's ``llama3_2`` component builder, random init)."""
+    return llama3_2(**{**TINY_LLAMA3, **overrides})
+
+
+def _seeded(build, seed: int) -> TransformerDecoder:
+    """``build()`` with a deterministic init whose RMSNorm scales are not all 1 (a dropped norm would show)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build()
+        for name, param in model.named_parameters():
+            if name.endswith("scale"):
+                with torch.no_grad():
+                    param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def _write_weights(out: Path, state: dict[str, torch.Tensor], config: dict) -> None:
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _write_tiny_qwen3(out_dir: str | Path, seed: int) -> Path:
+    out = write_tiny_tokenizer(out_dir, TINY_QWEN3["vocab_size"], seed, family="qwen3")
+    ids = special_token_ids(out)
+    c = TINY_QWEN3
+    config = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "vocab_size": c["vocab_size"],
+        "hidden_size": c["embed_dim"],
+        "intermediate_size": c["intermediate_dim"],
+        "num_hidden_layers": c["num_layers"],
+        "num_attention_heads": c["num_heads"],
+        "num_key_value_heads": c["num_kv_heads"],
+        "head_dim": c["head_dim"],
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "max_position_embeddings": c["max_seq_len"],
+        "rms_norm_eps": c["norm_eps"],
+        "rope_theta": c["rope_base"],
+        "rope_scaling": None,
+        "tie_word_embeddings": c["tie_word_embeddings"],
+        "use_sliding_window": False,
+        "attention_dropout": 0.0,
+        "torch_dtype": "float32",
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+    }
+    _write_weights(out, qwen3.qwen3_tune_to_hf(_seeded(tiny_qwen3, seed).state_dict()), config)
+    return out
+
+
+def write_tiny_llama3_tokenizer(out_dir: str | Path, vocab_size: int = 1024, seed: int = 0) -> Path:
+    """A tiny Llama 3 tokenizer: ``tokenizer.model`` (tiktoken ranks) and the HF files made from it.
+
+    A byte-level BPE is learned with Llama 3's pre-tokeniser; its tokens, in merge order, are the
+    tiktoken ranks; transformers' ``TikTokenConverter`` (how Llama 3's own ``tokenizer.json`` was
+    made) turns them into ``tokenizer.json``, so torchtune's tiktoken tokenizer and the HF one
+    split text alike. Llama 3.1's 256 special tokens follow the ranks.
+    """
+    from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unicode
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(llama3.PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(llama3.SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(tiny_corpus(seed), trainer=trainer)
+    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
+    ranks = sorted(bpe.get_vocab().items(), key=lambda item: item[1])
+    lines = [f"{base64.b64encode(bytes(to_byte[ch] for ch in token)).decode()} {rank}" for token, rank in ranks]
+    (out / "tokenizer.model").write_text("\n".join(lines) + "\n")
+
+    tokenizer = TikTokenConverter(vocab_file=str(out / "tokenizer.model"), pattern=llama3.PRETOKENIZE_REGEX).converted()
+    tokenizer.add_special_tokens(list(llama3.SPECIAL_TOKENS))
+    bos = tokenizer.token_to_id("<|begin_of_text|>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A",
+        pair="<|begin_of_text|> $A <|begin_of_text|>:1 $B:1",
+        special_tokens=[("<|begin_of_text|>", bos)],
+    )
+    tokenizer.save(str(out / "tokenizer.json"))
+    special_ids = {token: tokenizer.token_to_id(token) for token in llama3.SPECIAL_TOKENS}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": TINY_LLAMA3["max_seq_len"],
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot_id|>",
+        "clean_up_tokenization_spaces": True,
+        "chat_template": chat_template("llama3_1"),
+        "added_tokens_decoder": _added_tokens(special_ids),
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def load_tiny_llama3_tokenizer(tokenizer_dir: str | Path, max_seq_len: int | None = None) -> Llama3Tokenizer:
+    """torchtune's Llama 3 tokenizer over the files of :func:`write_tiny_llama3_tokenizer`."""
+    return llama3.llama3_tokenizer(**llama3.tokenizer_files(Path(tokenizer_dir)), max_seq_len=max_seq_len)
+
+
+def _write_tiny_llama3(out_dir: str | Path, seed: int) -> Path:
+    out = write_tiny_llama3_tokenizer(out_dir, TINY_LLAMA3["vocab_size"], seed)
+    ids = special_token_ids(out)
+    c = TINY_LLAMA3
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": c["vocab_size"],
+        "hidden_size": c["embed_dim"],
+        "intermediate_size": c["intermediate_dim"],
+        "num_hidden_layers": c["num_layers"],
+        "num_attention_heads": c["num_heads"],
+        "num_key_value_heads": c["num_kv_heads"],
+        "head_dim": c["embed_dim"] // c["num_heads"],
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "max_position_embeddings": c["max_seq_len"],
+        "rms_norm_eps": c["norm_eps"],
+        "rope_theta": float(c["rope_base"]),
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": float(c["scale_factor"]),
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        "tie_word_embeddings": c["tie_word_embeddings"],
+        "attention_dropout": 0.0,
+        "torch_dtype": "float32",
+        "bos_token_id": ids["<|begin_of_text|>"],
+        "eos_token_id": [ids[t] for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")],
+    }
+    model = _seeded(tiny_llama3, seed)
+    state = convert_weights.tune_to_hf(
+        model.state_dict(), num_heads=c["num_heads"], num_kv_heads=c["num_kv_heads"], dim=c["embed_dim"]
+    )
+    _write_weights(out, state, config)
+    return out
+
+
+TINY_WRITERS = {"qwen2_5": _write_tiny_qwen2_5, "qwen3": _write_tiny_qwen3, "llama3": _write_tiny_llama3}
+
+
+def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, family: str = "qwen2_5") -> Path:
+    """An HF-format checkpoint directory of the tiny model and tokenizer of ``family`` (see ``TINY_WRITERS``)."""
+    if family not in TINY_WRITERS:
+        raise ValueError(f"Unknown model family {family!r}; expected one of {sorted(TINY_WRITERS)}.")
+    return TINY_WRITERS[family](out_dir, seed)
+
+
 def main() -> None:
-    """``python -m focusft.tiny OUT_DIR``: write the tiny checkpoint directory for the demo and tests."""
+    """``python -m focusft.tiny [--family F] OUT_DIR``: write a tiny checkpoint directory for the demo and tests."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family", choices=sorted(TINY_WRITERS), default="qwen2_5", help="model family")
     args = parser.parse_args()
-    print(f"Wrote tiny Qwen2.5-architecture checkpoint to {write_tiny_checkpoint(args.out_dir, args.seed)}")
+    out = write_tiny_checkpoint(args.out_dir, args.seed, args.family)
+    print(f"Wrote tiny {args.family}-architecture checkpoint to {out}")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from focusft.data.chat import CONVERSATION_FORMATS
 from focusft.data.messages import ConversationError
 from focusft.data.sources import BadRowError, load_rows
 from focusft.data.synthetic import generate_samples
-from focusft.data.tokenize import tokenize_conversation
 from focusft.data.truncation import fit_to_length
 from focusft.masks import TokenLayout
+from focusft.models import family_for_tokenizer
 
 
 class SampleError(ValueError):
@@ -32,7 +32,7 @@ class AttentionSample:
         tokens: ``[s]`` token ids.
         context: ``[s]`` True where the token is not trained on; the others are the response queries.
         segments: ``[s]`` :class:`Segment` of each token.
-        turn_starts: position of each ``<|im_start|>``.
+        turn_starts: position of each turn-opening token (``<|im_start|>``, ``<|start_header_id|>``).
         description: where the sample came from, for reports.
     """
 
@@ -91,10 +91,9 @@ def sample_from_row(
 ) -> AttentionSample:
     """A chat row tokenized as training does; longer than ``max_tokens``: keep the latest whole exchanges."""
     try:
-        messages = CONVERSATION_FORMATS[conversation_format](row)
+        conversation = family_for_tokenizer(tokenizer).render_messages(row, tokenizer, conversation_format)
     except ConversationError as err:
         raise SampleError(f"{description}: {err}") from None
-    conversation = tokenize_conversation(messages, tokenizer)
     if max_tokens is not None:
         fitted = fit_to_length(conversation, max_tokens, "truncate_left")
         if fitted is None:

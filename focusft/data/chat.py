@@ -20,17 +20,18 @@ from torchtune.data import Message
 from torchtune.models.qwen2_5._tokenizer import Qwen2_5Tokenizer
 from torchtune.utils import get_logger, log_rank_zero
 
+from focusft import models
 from focusft.data.fields import unrendered_fields
 from focusft.data.messages import (
     CHAT_CONTROL_TOKENS,
-    QWEN_DEFAULT_SYSTEM,
+    FAMILY_DEFAULT_SYSTEM,
     ConversationError,
     openai_to_messages,
     sharegpt_to_messages,
 )
 from focusft.data.packing import pack_samples
 from focusft.data.sources import BadRowError, DataError, Row, load_rows
-from focusft.data.tokenize import tokenize_conversation
+from focusft.data.tokenize import TokenizedConversation
 from focusft.data.truncation import LongSamplePolicy, check_long_sample_policy, fit_to_length
 
 log = get_logger("INFO")
@@ -123,13 +124,14 @@ def chat_dataset(
     train_on_assistant_header: bool = False,
     on_bad_row: OnBadRow = "error",
     packed: bool = False,
-    default_system_prompt: str | None = QWEN_DEFAULT_SYSTEM,
+    default_system_prompt: str | None | object = FAMILY_DEFAULT_SYSTEM,
+    chat_format: str | None = None,
     **load_dataset_kwargs: Any,
 ) -> ChatDataset:
     """Chat/tool conversations from local ``json`` (JSON Lines or array) or ``parquet`` files, or a hub dataset.
 
     Args:
-        tokenizer: torchtune's Qwen2.5 tokenizer.
+        tokenizer: torchtune's tokenizer of the model family (Qwen2.5's also serves Qwen3; Llama 3's).
         source: ``json``, ``parquet``, or a Hugging Face Hub dataset name (needs network).
         max_seq_len: longest sample (packed: the row length).
         data_files: path or list of paths (local sources; optional for the hub).
@@ -139,8 +141,10 @@ def chat_dataset(
         train_on_assistant_header: also train on ``<|im_start|>assistant\\n``.
         on_bad_row: ``error`` (stop, naming the file and row) or ``skip`` (skip, count, summarise).
         packed: pack samples into rows of ``max_seq_len`` tokens.
-        default_system_prompt: system turn of conversations without one, as Qwen2.5's chat template
-            inserts at inference (default: Qwen2.5's); ``None``: no system turn.
+        default_system_prompt: system turn of conversations without one (default: what the model
+            family's chat template inserts at inference, Qwen2.5's "You are Qwen, ..."); ``None``: none.
+        chat_format: model family whose chat template renders the conversations (``qwen2_5``,
+            ``qwen3``, ``llama3``; default: the family of ``tokenizer``'s special tokens).
         load_dataset_kwargs: passed to ``datasets.load_dataset`` for hub sources.
     """
     if conversation_format not in CONVERSATION_FORMATS:
@@ -153,11 +157,17 @@ def chat_dataset(
             f"Unknown chat_dataset argument(s) {sorted(load_dataset_kwargs)}: extra arguments go to "
             f"datasets.load_dataset, which source={source!r} does not use."
         )
+    family = _family(tokenizer, chat_format)
     rows = load_rows(source, data_files, split, **load_dataset_kwargs)
     return build_dataset(
         rows,
         tokenizer,
-        to_messages=partial(CONVERSATION_FORMATS[conversation_format], default_system_prompt=default_system_prompt),
+        to_messages=partial(
+            CONVERSATION_FORMATS[conversation_format],
+            default_system_prompt=_system_prompt(family, default_system_prompt),
+            convert=family.to_messages,
+        ),
+        tokenize=family.tokenize,
         name=f"{source} {data_files or ''}".strip(),
         unrendered=partial(unrendered_fields, conversation_format=conversation_format),
         max_seq_len=max_seq_len,
@@ -180,13 +190,16 @@ def synthetic_dataset(
     long_sample_policy: LongSamplePolicy = "drop",
     train_on_assistant_header: bool = False,
     packed: bool = False,
-    default_system_prompt: str | None = QWEN_DEFAULT_SYSTEM,
+    default_system_prompt: str | None | object = FAMILY_DEFAULT_SYSTEM,
+    chat_format: str | None = None,
 ) -> ChatDataset:
     """Synthetic long-context conversations (:mod:`focusft.data.synthetic`), generated in memory.
 
     ``target_tokens`` defaults to ``max_seq_len``; lengths are measured with ``tokenizer``.
+    ``default_system_prompt`` and ``chat_format`` as in :func:`chat_dataset`.
     """
     _check_options(max_seq_len, long_sample_policy, "error")
+    family = _family(tokenizer, chat_format)
     # Imported here so that importing focusft.data leaves `python -m focusft.data.synthetic` a clean run.
     from focusft.data.synthetic import generate_samples
 
@@ -201,7 +214,12 @@ def synthetic_dataset(
     return build_dataset(
         [(f"synthetic {task} sample {index}", sample) for index, sample in enumerate(samples)],
         tokenizer,
-        to_messages=partial(openai_to_messages, default_system_prompt=default_system_prompt),
+        to_messages=partial(
+            openai_to_messages,
+            default_system_prompt=_system_prompt(family, default_system_prompt),
+            convert=family.to_messages,
+        ),
+        tokenize=family.tokenize,
         name=f"synthetic {task} ({split}, seed {seed})",
         max_seq_len=max_seq_len,
         long_sample_policy=long_sample_policy,
@@ -216,6 +234,7 @@ def build_dataset(
     tokenizer: Qwen2_5Tokenizer,
     *,
     to_messages: Callable[..., list[Message]],
+    tokenize: Callable[..., TokenizedConversation],
     name: str,
     max_seq_len: int,
     long_sample_policy: LongSamplePolicy,
@@ -248,7 +267,7 @@ def build_dataset(
             stats.bad_rows.append(f"{where}: {err}")
     samples = []
     for messages in conversations:
-        conversation = tokenize_conversation(messages, tokenizer, train_on_assistant_header=train_on_assistant_header)
+        conversation = tokenize(messages, tokenizer, train_on_assistant_header=train_on_assistant_header)
         fitted = fit_to_length(conversation, max_seq_len, long_sample_policy)
         if fitted is None:
             stats.dropped_too_long += 1
@@ -269,6 +288,18 @@ def build_dataset(
     if stats.unrendered_fields:
         log_rank_zero(log, stats.unrendered_summary(name, first_rows), level=logging.WARNING)
     return ChatDataset(items, stats)
+
+
+def _family(tokenizer: Any, chat_format: str | None) -> models.ModelFamily:
+    """The model family named by ``chat_format``, or that of the tokenizer's special tokens."""
+    try:
+        return models.get_family(chat_format) if chat_format is not None else models.family_for_tokenizer(tokenizer)
+    except ValueError as error:
+        raise DataError(f"chat_format: {error}") from None
+
+
+def _system_prompt(family: models.ModelFamily, default_system_prompt: str | None | object) -> str | None:
+    return family.default_system_prompt if default_system_prompt is FAMILY_DEFAULT_SYSTEM else default_system_prompt
 
 
 def _check_options(max_seq_len: int, long_sample_policy: str, on_bad_row: str) -> None:

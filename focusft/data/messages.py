@@ -41,7 +41,7 @@ so that a dataset build reports them.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from torchtune.data import Message
@@ -64,6 +64,8 @@ CHAT_CONTROL_TOKENS: tuple[str, ...] = ("<|im_start|>", "<|im_end|>", "<|endofte
 # Qwen2.5's chat template, verbatim: its default system prompt (when the conversation has no
 # system message) and the tool block it appends to the system prompt.
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# Default of the dataset builders' default_system_prompt: the model family's own (focusft.models).
+FAMILY_DEFAULT_SYSTEM = object()
 _TOOLS_HEADER = (
     "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
@@ -83,16 +85,22 @@ def openai_to_messages(
     row: Mapping[str, Any],
     forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS,
     default_system_prompt: str | None = QWEN_DEFAULT_SYSTEM,
+    convert: Callable[..., list[Message]] | None = None,
 ) -> list[Message]:
-    """A row with ``messages`` (OpenAI chat format) and optional ``tools``."""
+    """A row with ``messages`` (OpenAI chat format) and optional ``tools``.
+
+    ``convert`` renders the turns for a model family (:mod:`focusft.models`); default Qwen2.5's
+    :func:`to_torchtune_messages`.
+    """
     turns = _field(row, "messages")
-    return to_torchtune_messages(turns, _tools(row), forbidden_tokens, default_system_prompt)
+    return (convert or to_torchtune_messages)(turns, _tools(row), forbidden_tokens, default_system_prompt)
 
 
 def sharegpt_to_messages(
     row: Mapping[str, Any],
     forbidden_tokens: Collection[str] = CHAT_CONTROL_TOKENS,
     default_system_prompt: str | None = QWEN_DEFAULT_SYSTEM,
+    convert: Callable[..., list[Message]] | None = None,
 ) -> list[Message]:
     """A row with ``conversations`` of ``{"from", "value"}`` turns and optional ``system`` and ``tools``.
 
@@ -100,7 +108,8 @@ def sharegpt_to_messages(
     ``observation`` turns are tool outputs. ``system`` (LLaMA-Factory's column) is the row's
     system prompt: it takes the place of ``default_system_prompt``; ``""`` or ``null`` means the
     row has none, as in LLaMA-Factory, so the default applies. A ``system`` turn may lead the
-    conversation instead; both with different text is an error.
+    conversation instead; both with different text is an error. ``convert``: as in
+    :func:`openai_to_messages`.
     """
     turns = []
     for index, turn in enumerate(_field(row, "conversations")):
@@ -122,7 +131,7 @@ def sharegpt_to_messages(
             {"role": "assistant", "content": None, "tool_calls": calls if isinstance(calls, list) else [calls]}
         )
     system = _system(row, turns, forbidden_tokens)
-    return to_torchtune_messages(
+    return (convert or to_torchtune_messages)(
         turns, _tools(row), forbidden_tokens, default_system_prompt if system is None else system
     )
 

@@ -27,9 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from focusft.data.messages import to_torchtune_messages
-from focusft.data.tokenize import tokenize_conversation
-
 SYNTHETIC_TASKS: tuple[str, ...] = ("qa1", "qa2", "qa3", "qa4", "qa5", "tool")
 SPLITS: tuple[str, ...] = ("train", "eval")
 APPROX_CHARS_PER_TOKEN = 4
@@ -396,7 +393,9 @@ class _TokenCounter:
     def __call__(self, messages: list[dict[str, Any]]) -> int:
         if self.tokenizer is None:
             return approx_tokens(messages)
-        return len(tokenize_conversation(to_torchtune_messages(messages), self.tokenizer))
+        from focusft.models import family_for_tokenizer  # focusft.models imports this package
+
+        return len(family_for_tokenizer(self.tokenizer).render(messages, self.tokenizer))
 
     def sentence(self, sentence: str) -> float:
         if sentence not in self._sentence:

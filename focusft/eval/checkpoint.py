@@ -1,4 +1,4 @@
-"""Read a Qwen2/Qwen2.5 checkpoint directory of this project into torchtune's model and tokenizer.
+"""Read a Qwen2.5, Qwen3 or Llama 3 checkpoint directory of this project into torchtune's model and tokenizer.
 
 A directory written by the recipe (``FullModelHFCheckpointer``: sharded
 ``model-*.safetensors`` + index, ``config.json``, tokenizer files), a real
@@ -16,14 +16,20 @@ from pathlib import Path
 
 import torch
 from torchtune import training
-from torchtune.models.qwen2 import qwen2
-from torchtune.models.qwen2_5 import qwen2_5_tokenizer
 from torchtune.models.qwen2_5._tokenizer import Qwen2_5Tokenizer
 from torchtune.modules import TransformerDecoder
 
 from focusft.eval.errors import CheckpointError, EvalError
+from focusft.models import FAMILIES, ModelDims, ModelFamily, family_for_model_type
 
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")  # Qwen's; each family names its own
+# Llama 3's scaled RoPE as torchtune's Llama3ScaledRoPE computes it (only the factor is a parameter).
+_LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -47,20 +53,31 @@ class QwenCheckpoint:
     weight_files: tuple[str, ...]
     eos_token: str
     stop_token_ids: tuple[int, ...]  # config.json / generation_config.json eos ids: where HF generation stops
+    model_type: str = "qwen2"  # config.json model_type of a registered family (focusft.models)
+    head_dim: int = 0  # 0: embed_dim // num_heads
+    rope_factor: float = 1.0  # Llama 3's RoPE scale factor
+
+    @property
+    def family(self) -> ModelFamily:
+        return family_for_model_type(self.model_type)
 
     def build_model(self, max_seq_len: int | None = None) -> TransformerDecoder:
-        """torchtune's ``qwen2`` decoder with these dimensions (random init; see :func:`load_model`)."""
-        return qwen2(
-            vocab_size=self.vocab_size,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            num_kv_heads=self.num_kv_heads,
-            embed_dim=self.embed_dim,
-            intermediate_dim=self.intermediate_dim,
-            max_seq_len=max_seq_len or self.max_position_embeddings,
-            norm_eps=self.norm_eps,
-            rope_base=self.rope_base,
-            tie_word_embeddings=self.tie_word_embeddings,
+        """The family's torchtune decoder with these dimensions (random init; see :func:`load_model`)."""
+        return self.family.build(
+            ModelDims(
+                vocab_size=self.vocab_size,
+                num_layers=self.num_layers,
+                num_heads=self.num_heads,
+                num_kv_heads=self.num_kv_heads,
+                embed_dim=self.embed_dim,
+                intermediate_dim=self.intermediate_dim,
+                max_seq_len=max_seq_len or self.max_position_embeddings,
+                head_dim=self.head_dim or self.embed_dim // self.num_heads,
+                norm_eps=self.norm_eps,
+                rope_base=self.rope_base,
+                rope_factor=self.rope_factor,
+                tie_word_embeddings=self.tie_word_embeddings,
+            )
         )
 
 
@@ -84,10 +101,13 @@ def _field(config: dict, path: Path, name: str, kind: type | tuple[type, ...]):
 
 
 def _rope_base(config: dict, path: Path) -> float:
-    """``rope_theta``, or transformers 5's ``rope_parameters.rope_theta``; only plain RoPE is supported."""
+    """``rope_theta``, or transformers 5's ``rope_parameters.rope_theta``; plain RoPE (Llama: Llama 3's scaled one)."""
     params = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or ({} if params.get("rope_type", "default") == "default" else params)
-    if scaling:
+    llama3_rope = {key: scaling.get(key) for key in _LLAMA3_ROPE} == _LLAMA3_ROPE
+    if config.get("model_type") == "llama" and not llama3_rope:
+        raise CheckpointError(f"{path}: field 'rope_scaling' is {scaling!r}; expected Llama 3's {_LLAMA3_ROPE}.")
+    if scaling and config.get("model_type") != "llama":
         raise CheckpointError(
             f"{path}: field 'rope_scaling' is {scaling!r}; torchtune's Qwen2 model has plain RoPE only, "
             "so remove the scaling entry to evaluate within the native context length."
@@ -144,26 +164,30 @@ def read_checkpoint(checkpoint_dir: str | Path, tokenizer_dir: str | Path | None
         raise CheckpointError(f"{directory} has no config.json; is it a checkpoint directory (epoch_N/ or step_K/)?")
     config = _read_json(config_path)
     model_type = config.get("model_type")
-    if model_type != "qwen2":
+    try:
+        family = family_for_model_type(model_type)
+    except ValueError:
+        known = sorted(f.hf_model_type for f in FAMILIES.values())
         raise CheckpointError(
-            f"{config_path}: field 'model_type' is {model_type!r}; the focusft model loads Qwen2/Qwen2.5 "
-            "checkpoints (model_type 'qwen2') only. Use lm-eval's hf backend for other architectures."
-        )
+            f"{config_path}: field 'model_type' is {model_type!r}; the focusft model loads {known} "
+            "checkpoints (Qwen2.5, Qwen3, Llama 3) only. Use lm-eval's hf backend for other architectures."
+        ) from None
     if config.get("use_sliding_window"):
         raise CheckpointError(f"{config_path}: field 'use_sliding_window' is true; torchtune's Qwen2 has no such mode.")
     embed_dim = _field(config, config_path, "hidden_size", int)
     num_heads = _field(config, config_path, "num_attention_heads", int)
     head_dim = config.get("head_dim", embed_dim // num_heads)
-    if head_dim * num_heads != embed_dim:
+    if head_dim * num_heads != embed_dim and not family.any_head_dim:
         raise CheckpointError(
-            f"{config_path}: field 'head_dim' is {head_dim}, but torchtune's Qwen2 needs "
+            f"{config_path}: field 'head_dim' is {head_dim}, but torchtune's builder needs "
             f"hidden_size / num_attention_heads = {embed_dim / num_heads}."
         )
     tokenizer_path = directory if tokenizer_dir is None else Path(tokenizer_dir).expanduser()
-    for name in TOKENIZER_FILES:
+    tokenizer_files = family.tokenizer_files
+    for name in tokenizer_files:
         if not (tokenizer_path / name).is_file():
             raise CheckpointError(
-                f"{tokenizer_path} lacks the tokenizer file {name} (expected {list(TOKENIZER_FILES)}); "
+                f"{tokenizer_path} lacks the tokenizer file {name} (expected {list(tokenizer_files)}); "
                 "pass tokenizer=<directory with them> if the checkpoint has none."
             )
     tokenizer_config_path = tokenizer_path / "tokenizer_config.json"
@@ -187,6 +211,9 @@ def read_checkpoint(checkpoint_dir: str | Path, tokenizer_dir: str | Path | None
         weight_files=_weight_files(directory),
         eos_token=eos_token,
         stop_token_ids=tuple(_eos_ids(directory, config)),
+        model_type=model_type,
+        head_dim=head_dim,
+        rope_factor=float(((config.get("rope_scaling") or config.get("rope_parameters") or {}).get("factor")) or 1.0),
     )
 
 
@@ -204,10 +231,11 @@ def load_model(
     """The decoder with the checkpoint's weights, loaded by torchtune's HF checkpointer, in eval mode."""
     with tempfile.TemporaryDirectory(prefix="focusft-eval-") as scratch:
         # The checkpointer insists on an output directory; nothing is written there on load.
-        checkpointer = training.FullModelHFCheckpointer(
+        checkpointer_class, checkpointer_type = checkpoint.family.checkpointer
+        checkpointer = checkpointer_class(
             checkpoint_dir=str(checkpoint.path),
             checkpoint_files=list(checkpoint.weight_files),
-            model_type="QWEN2",
+            model_type=checkpointer_type,
             output_dir=scratch,
         )
         state = checkpointer.load_checkpoint()[training.MODEL_KEY]
@@ -234,11 +262,5 @@ def load_model(
 
 
 def load_tokenizer(checkpoint: QwenCheckpoint) -> Qwen2_5Tokenizer:
-    """torchtune's Qwen2.5 tokenizer over the checkpoint's files, with the checkpoint's own eos token."""
-    d = checkpoint.tokenizer_path
-    return qwen2_5_tokenizer(
-        path=str(d / "vocab.json"),
-        merges_file=str(d / "merges.txt"),
-        special_tokens_path=str(d / "tokenizer.json"),
-        eos_token=checkpoint.eos_token,
-    )
+    """torchtune's tokenizer of the checkpoint's family (Qwen2.5's serves Qwen3), with its own eos token."""
+    return checkpoint.family.load_tokenizer(checkpoint.tokenizer_path, checkpoint.eos_token)

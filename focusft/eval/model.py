@@ -1,4 +1,4 @@
-"""The ``focusft`` lm-eval model: this project's checkpoints through torchtune's Qwen2.5 model and tokenizer.
+"""The ``focusft`` lm-eval model: this project's checkpoints through torchtune's model and tokenizer of their family.
 
 Importing this module registers the model with lm-eval (``--model focusft``);
 ``focusft-eval`` does so before handing its arguments to lm-eval's CLI.
@@ -29,6 +29,7 @@ from focusft.eval.checkpoint import load_model, load_tokenizer, read_checkpoint,
 from focusft.eval.decoding import LayerFastWeights, greedy_generate, score_continuations
 from focusft.eval.errors import EvalError
 from focusft.fast_weights import FastWeightConfig, attach_fast_weight_slots
+from focusft.models import family_for_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,9 @@ class FocusftLM(TemplateLM):
         self.tokenizer = load_tokenizer(self.checkpoint)
         # Embedding rows past the tokenizer's vocabulary (Qwen2.5 pads 151,665 tokens to 152,064)
         # have no text; HF's decode drops them, and so does tok_decode.
-        self._known_ids = frozenset(self.tokenizer.decoder) | frozenset(self.tokenizer.special_tokens.values())
+        base_ids = getattr(self.tokenizer, "decoder", None) or range(self.tokenizer.base_vocab_size)  # Qwen / Llama
+        self._known_ids = frozenset(base_ids) | frozenset(self.tokenizer.special_tokens.values())
+        self._family = family_for_tokenizer(self.tokenizer)
         self.stop_token_ids = sorted({self.tokenizer.eos_id, *self.checkpoint.stop_token_ids})
         self.adaptation: AdaptationConfig | None = None
         if adapt:
@@ -157,8 +160,8 @@ class FocusftLM(TemplateLM):
 
     # ---- tokenization and chat template -------------------------------------------------------
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        """Qwen has no BOS token, so ``add_special_tokens`` changes nothing (as in the hf backend)."""
-        return self.tokenizer.encode(string, add_bos=False, add_eos=False)
+        """No BOS is added (Qwen has none; for Llama 3 a chat template writes its own, as in the hf backend)."""
+        return self._family.encode_text(self.tokenizer, string)
 
     def tok_decode(self, tokens: list[int], skip_special_tokens: bool = True) -> str:
         known = [token for token in tokens if token in self._known_ids]

@@ -100,9 +100,9 @@ def test_other_architecture_names_the_file_and_field(tiny_dir, tmp_path):
     ckpt = _copy(tiny_dir, tmp_path)
     config = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(
-        json.dumps({**config, "model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+        json.dumps({**config, "model_type": "mistral", "architectures": ["MistralForCausalLM"]})
     )
-    with pytest.raises(CheckpointError, match=r"config\.json: field 'model_type' is 'llama'"):
+    with pytest.raises(CheckpointError, match=r"config\.json: field 'model_type' is 'mistral'"):
         FocusftLM(checkpoint_dir=str(ckpt), device="cpu")
 
 
