@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lm_eval
@@ -109,9 +108,8 @@ PAPER_DOWNLOADS = [*PAPER_BABILONG_TASKS, "niah_multivalue", *PAPER_LONGBENCH_TA
 def _paper_suite_offline(tiny_dir, tmp_path, env, *extra):
     command = [sys.executable, "-m", "focusft.eval.cli", "--suite", "paper", "--checkpoint_dir", str(tiny_dir)]
     command += ["--device", "cpu", "--output_dir", str(tmp_path), *extra]
-    start = time.monotonic()
-    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
-    return done, time.monotonic() - start
+    # The timeout is a hang guard, not a speed test: lm-eval's RULER generator would loop forever.
+    return subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize(
@@ -122,7 +120,7 @@ def _paper_suite_offline(tiny_dir, tmp_path, env, *extra):
     ],
 )
 def test_paper_suite_without_network_fails_fast_with_one_line_per_task(tiny_dir, tmp_path, env, reason):
-    done, seconds = _paper_suite_offline(tiny_dir, tmp_path, env)
+    done = _paper_suite_offline(tiny_dir, tmp_path, env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = [line.strip() for line in done.stderr.splitlines() if line.startswith("  task ")]
     assert [line.split()[1] for line in lines] == PAPER_DOWNLOADS
@@ -130,16 +128,16 @@ def test_paper_suite_without_network_fails_fast_with_one_line_per_task(tiny_dir,
     assert "task babilong_qa3 at 4k, 8k, 16k, 32k needs network access" in done.stderr
     assert "task niah_multivalue at 4k, 8k, 16k needs network access" in done.stderr
     assert "task longbench_qasper needs network access to download dataset Xnhyacinth/LongBench" in done.stderr
-    assert seconds < 60, f"took {seconds:.0f} s"  # about 10 s on a busy 2-core machine, most of it imports
+    assert not (tmp_path / "lm_eval").exists()  # stopped before anything was evaluated
 
 
 def test_ruler_data_the_tokenizer_cannot_reach_is_one_clear_line(tiny_dir, tmp_path):
-    done, seconds = _paper_suite_offline(tiny_dir, tmp_path, {}, "--tasks", "ruler_vt,ruler_cwe")
+    done = _paper_suite_offline(tiny_dir, tmp_path, {}, "--tasks", "ruler_vt,ruler_cwe")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"task ruler_vt at 4k, 8k, 16k cannot be generated with the tokenizer {tiny_dir}" in done.stderr
     assert "smallest in-context example, over the 500 lm-eval allows" in done.stderr
     assert "ruler_cwe" not in done.stderr  # cwe fits at these lengths
-    assert seconds < 60
+    assert not (tmp_path / "lm_eval").exists()
 
 
 def test_suite_console_has_no_third_party_noise_outside_a_git_repository(tiny_dir, tmp_path):
