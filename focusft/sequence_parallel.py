@@ -217,3 +217,32 @@ def whole_sequences(model: nn.Module) -> Iterator[None]:
     finally:
         for call in calls:
             call.enabled = True
+
+
+@dataclass(frozen=True)
+class RankShapes:
+    """What one rank of an SP group computes on, for memory estimates.
+
+    Attributes:
+        tokens: positions per rank outside attention (embeddings, norms, FFN, loss, the
+            activations kept between layers): the padded row's ``S / sp``.
+        attention_length: query and key positions per rank inside attention: the padded row.
+        heads: query heads per rank inside attention (key/value heads arrive repeated to these).
+    """
+
+    tokens: int
+    attention_length: int
+    heads: int
+
+
+def rank_shapes(seq_len: int, num_heads: int, sp: int) -> RankShapes:
+    """Per-rank shapes of a row of ``seq_len`` under Ulysses with degree ``sp`` (a memory estimator's ``--sp``).
+
+    Activations outside attention scale with ``tokens``; attention scores or kernel
+    workspaces with ``heads × attention_length²`` (dense) or ``heads × attention_length``
+    (flash / FlexAttention); a dense CPU mask is ``attention_length²`` on every rank.
+    """
+    if sp < 1 or num_heads % sp:
+        raise ValueError(f"sequence parallel size {sp} must be >= 1 and divide the {num_heads} attention heads.")
+    padded = seq_len + (-seq_len % sp)
+    return RankShapes(tokens=padded // sp, attention_length=padded, heads=num_heads // sp)

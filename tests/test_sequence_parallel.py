@@ -55,6 +55,7 @@ def test_sp2_on_two_processes_takes_the_one_process_step(tmp_path):
             ("bidir_context", "causal"), ("packed", "unpacked"), "01", "01"
         )
     ]
+    cases.append("bidir_context:short:0:1")  # the second shard holds only padding
     check(launch(tmp_path, 2, "1x2", cases), len(cases))
 
 
@@ -83,11 +84,17 @@ def test_data_and_shard_roles_of_a_2x2_mesh():
     assert [SequenceShard(r % 2, 2).columns(10) for r in range(2)] == [slice(0, 5), slice(5, 10)]
 
 
-@pytest.mark.parametrize("sp", [2, 3, 4])
-def test_shards_of_a_prepared_batch_put_together_are_the_whole_padded_batch(sp):
-    """Tokens, labels, positions and each token's document of the shards, concatenated, equal the whole rows'."""
+@pytest.mark.parametrize(
+    "sp, rows",
+    [(2, [[10, 20, 9], [13, 27]]), (3, [[10, 20, 9], [13, 27]]), (4, [[10, 20, 9], [13, 27]]), (4, [[9, 6], [14]])],
+)
+def test_shards_of_a_prepared_batch_put_together_are_the_whole_padded_batch(sp, rows):
+    """Tokens, labels, positions and each token's document of the shards, concatenated, equal the whole rows'.
+
+    The last case leaves the last two shards without a valid token.
+    """
     generator = torch.Generator().manual_seed(sp)
-    layout = documents_layout([[10, 20, 9], [13, 27]], 41, generator)
+    layout = documents_layout(rows, 41, generator)
     tokens = torch.randint(0, 500, layout.shape, generator=generator)
     batch = {
         "tokens": tokens,
@@ -109,7 +116,7 @@ def test_shards_of_a_prepared_batch_put_together_are_the_whole_padded_batch(sp):
     assert bool((joined[:, 41:] == -1).all())
     for shard in shards:
         assert shard.layout.shape == (2, 41 + padded)  # the mask is built from the whole (padded) rows
-        assert shard.documents.count == whole.documents.count == 5
+        assert shard.documents.count == whole.documents.count == sum(map(len, rows))
         # Chunk routing of the shard: every valid token of the shard once, with its own document.
         used = shard.documents.chunk_tokens[shard.documents.chunk_tokens < shard.tokens.numel()]
         flat = shard.documents.token_document.flatten()
@@ -117,3 +124,48 @@ def test_shards_of_a_prepared_batch_put_together_are_the_whole_padded_batch(sp):
         owners = shard.documents.chunk_document[:, None].expand_as(shard.documents.chunk_tokens)
         kept = shard.documents.chunk_tokens < shard.tokens.numel()
         assert bool((flat[shard.documents.chunk_tokens[kept]] == owners[kept]).all())
+
+
+def test_recipe_with_sp2_resumes_and_logs_and_saves_what_one_process_does(config, base_dir, tmp_path):
+    """``tune run`` with sequence_parallel_size=2, stopped after step 3 and resumed, against one process.
+
+    Same global batch (batch 1 × GA 4, one data-parallel rank): the same metrics (losses, inner
+    losses, counts, attention probe), and the same final checkpoint.
+    """
+    from tests.test_recipe import BASE, read_metrics, tune_run
+
+    common = [f"base_dir={base_dir}", *BASE, "batch_size=1", "gradient_accumulation_steps=4"]
+    common += ["attention_probe.every_n_steps=2", "attention_probe.sample_index=1"]
+    one, sp2 = tmp_path / "one", tmp_path / "sp2"
+    tune_run(config, 1, [*common, f"output_dir={one}"])
+    sp_args = [*common, f"output_dir={sp2}", "sequence_parallel_size=2"]
+    tune_run(config, 2, [*sp_args, "stop_after_step=3"])
+    tune_run(config, 2, [*sp_args, "resume_from_checkpoint=True"])
+
+    timing = {"tokens_per_second_per_gpu", "step_seconds", "peak_rss_gib"}
+    expected, got = read_metrics(one), read_metrics(sp2)
+    assert [row["step"] for row in got] == [row["step"] for row in expected] == [0, 1, 2, 2, 3, 4, 4, 5, 6, 6]
+    for want, have in zip(expected, got):
+        assert set(want) == set(have)
+        for key in set(want) - timing:
+            assert have[key] == pytest.approx(want[key], abs=TOLERANCE), (want["step"], key)
+    assert any("attention/sink_mass" in row for row in got) and any("inner_loss_after_1" in row for row in got)
+
+    from safetensors.torch import load_file
+
+    saved = {path.name: load_file(path) for path in (sp2 / "epoch_2").glob("*.safetensors")}
+    reference = {path.name: load_file(path) for path in (one / "epoch_2").glob("*.safetensors")}
+    assert sorted(saved) == sorted(reference) and saved
+    for name, weights in reference.items():
+        assert sorted(saved[name]) == sorted(weights)
+        for key, value in weights.items():
+            torch.testing.assert_close(saved[name][key], value, atol=TOLERANCE, rtol=0, msg=key)
+
+
+def test_rank_shapes_for_memory_estimates():
+    from focusft.sequence_parallel import RankShapes, rank_shapes
+
+    assert rank_shapes(4097, 28, 4) == RankShapes(tokens=1025, attention_length=4100, heads=7)
+    assert rank_shapes(4096, 28, 1) == RankShapes(tokens=4096, attention_length=4096, heads=28)
+    with pytest.raises(ValueError, match="divide the 28 attention heads"):
+        rank_shapes(4096, 28, 3)

@@ -6,9 +6,13 @@ model with Ulysses attention, takes its data-parallel rank's rows, keeps its seq
 shard, runs the bilevel step and one SGD step. Rank 0 then recomputes the same global
 batch on one unsharded, whole-row model without any sequence-parallel code and records
 the largest differences in inner losses, outer loss and θ after the step.
+
+On CPU (gloo) the mask is dense; with ``cuda`` as the fourth argument (NCCL, one GPU per
+process: tests/test_cuda.py) it is the FlexAttention BlockMask.
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -18,6 +22,7 @@ from torch.distributed.tensor import DTensor
 from focusft.batch import prepare_batch
 from focusft.bilevel import InnerLoopConfig, bilevel_step
 from focusft.fast_weights import FastWeightConfig, attach_fast_weight_slots
+from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask
 from focusft.sequence_parallel import WHOLE_ROW, ParallelDims, apply_sequence_parallel
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
@@ -28,11 +33,14 @@ FAST = FastWeightConfig(rank=4, alpha=8.0, layer_fraction=0.5)
 INNER = InnerLoopConfig(steps=2, lr=1.0, grad_clip=1.0)
 LR = 1.0  # SGD: θ after the step differs exactly as much as the gradients do
 WIDTH = 45  # odd: rows are padded to a multiple of sp
-# Per data-parallel rank: packed rows whose documents cross the shard boundaries, or one document per row.
+# Per data-parallel rank: packed rows whose documents cross the shard boundaries, one document per row,
+# or rows that leave shards without a valid token.
 ROWS = {
     "packed": [[[10, 20, 12], [30, 9]], [[7, 25, 11], [44]]],
     "unpacked": [[[45], [30]], [[21], [40]]],
+    "short": [[[5, 6], [8]], [[4, 3], [9]]],  # packed, all in the first shard: the others hold only padding
 }
+DEVICE = torch.device("cpu")  # cuda:LOCAL_RANK with the `cuda` argument
 
 
 def collated(kind: str, dp_rank: int) -> dict[str, torch.Tensor]:
@@ -56,24 +64,25 @@ def collated(kind: str, dp_rank: int) -> dict[str, torch.Tensor]:
 
 
 def build(checkpointing: bool, shard) -> tuple[SplitDecoder, object]:
-    decoder = seeded_tiny_qwen2_5(0)
+    decoder = seeded_tiny_qwen2_5(0).to(DEVICE)
     slots = attach_fast_weight_slots(decoder, FAST)
     apply_sequence_parallel(decoder, shard)
     return SplitDecoder(decoder, slots, activation_checkpointing=checkpointing), slots
 
 
 def micro_batch(model, slots, batch, mode: str, bilevel: bool, shard):
-    mb = prepare_batch(batch, "cpu", "document", shard)
+    mb = prepare_batch(batch, DEVICE, "document", shard)
+    kind = "block" if DEVICE.type == "cuda" else "dense"
     return bilevel_step(
         model,
         slots,
         mb.tokens,
         mb.labels,
-        mask=build_mask(mb.layout, mode, "dense", dtype=torch.float32),
+        mask=build_mask(mb.layout, mode, kind, dtype=torch.float32),
         input_pos=mb.input_pos,
         inner=INNER if bilevel else None,
         documents=mb.documents,
-        initial_fast_weights=slots.init(list(mb.documents.sample_index)) if bilevel else None,
+        initial_fast_weights=slots.init(list(mb.documents.sample_index), device=DEVICE) if bilevel else None,
     )
 
 
@@ -87,14 +96,14 @@ def run_case(parallel: ParallelDims, mode: str, kind: str, checkpointing: bool, 
     shard_split_decoder(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     result = micro_batch(model, slots, collated(kind, parallel.data_rank), mode, bilevel, parallel.sequence)
-    sums = torch.stack([result.loss.detach(), result.num_tokens.float()])
+    sums = torch.stack([result.loss.detach().float(), result.num_tokens.float()])
     dist.all_reduce(sums)
     # The recipe's normalisation: FSDP averages over all ranks, the loss is per response token of the global batch.
     (result.loss * world / sums[1]).backward()
     optimizer.step()
     theta = full_parameters(model)
     inner = [None] * world
-    dist.all_gather_object(inner, (parallel.data_rank, result.document_losses.tolist()))
+    dist.all_gather_object(inner, (parallel.data_rank, result.document_losses.cpu().tolist()))
     if rank != 0:
         return None
 
@@ -115,7 +124,7 @@ def run_case(parallel: ParallelDims, mode: str, kind: str, checkpointing: bool, 
     moved = max((p.detach() - initial[n]).abs().max().item() for n, p in reference.named_parameters())
     return {
         "case": f"{parallel.dp}x{parallel.sp} {mode} {kind} ac={int(checkpointing)} bilevel={int(bilevel)}",
-        "inner": max((torch.tensor(losses) - ref_inner[d]).abs().max().item() for d, losses in inner),
+        "inner": max((torch.tensor(losses) - ref_inner[d].cpu()).abs().max().item() for d, losses in inner),
         "outer": abs(float(sums[0] / sums[1]) - ref_loss / ref_tokens),
         "theta": max((theta[n] - p.detach()).abs().max().item() for n, p in reference.named_parameters()),
         "tokens": [int(sums[1]), ref_tokens],
@@ -123,14 +132,19 @@ def run_case(parallel: ParallelDims, mode: str, kind: str, checkpointing: bool, 
     }
 
 
-def main(out_path: str, meshes: str, cases: str) -> None:
-    dist.init_process_group("gloo")
+def main(out_path: str, meshes: str, cases: str, device: str = "cpu") -> None:
+    global DEVICE
+    if device == "cuda":
+        DEVICE = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(DEVICE)
+        compile_flex_attention_for_all_lengths()
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
     world = dist.get_world_size()
     records = []
     for mesh in meshes.split(","):
         dp, sp = (int(x) for x in mesh.split("x"))
         assert dp * sp == world, (mesh, world)
-        parallel = ParallelDims.build(sp, world, dist.get_rank(), "cpu")
+        parallel = ParallelDims.build(sp, world, dist.get_rank(), DEVICE.type)
         for case in cases.split(","):
             mode, kind, checkpointing, bilevel = case.split(":")
             records.append(run_case(parallel, mode, kind, checkpointing == "1", bilevel == "1"))
@@ -142,4 +156,4 @@ def main(out_path: str, meshes: str, cases: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:])
