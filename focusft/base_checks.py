@@ -27,7 +27,8 @@ from focusft.checkpointing import CheckpointError
 from focusft.components import build_meta_model, first_line
 from focusft.config import checkpoint_files
 from focusft.errors import ConfigError
-from focusft.hf_files import TOKENIZER_CONFIG, TURN_END
+from focusft.hf_files import TOKENIZER_CONFIG
+from focusft.models import family_for_special_tokens
 
 log = utils.get_logger("INFO")
 
@@ -167,13 +168,13 @@ def check_base_checkpoint(cfg: DictConfig) -> None:
     check_finite(checkpoint_dir, shapes)
     if not (checkpoint_dir / TOKENIZER_CONFIG).is_file():
         log.warning(
-            f"{checkpoint_dir} has no {TOKENIZER_CONFIG}; each saved checkpoint gets Qwen2.5-Instruct's (its chat "
-            f"template, eos {TURN_END}), so that it loads and generates like an Instruct model."
+            f"{checkpoint_dir} has no {TOKENIZER_CONFIG}; each saved checkpoint of a Qwen model gets the Instruct "
+            "model's (its chat template, end-of-turn eos), so that it loads and generates like an Instruct model."
         )
 
 
 def check_tokenizer_files(cfg_tokenizer: DictConfig) -> None:
-    """Qwen2.5 tokenizer files parse, and the special tokens (tokenizer.json) include ``<|im_end|>``."""
+    """Qwen tokenizer files parse, and the special tokens (tokenizer.json) are a family's, with ``<|im_end|>``."""
     for key in ("path", "special_tokens_path"):
         value = cfg_tokenizer.get(key)
         if value is None or not str(value).endswith(".json"):
@@ -185,10 +186,14 @@ def check_tokenizer_files(cfg_tokenizer: DictConfig) -> None:
         if key == "special_tokens_path":
             tokens = data.get("added_tokens") if isinstance(data, dict) else None
             contents = {t.get("content") for t in tokens or [] if isinstance(t, dict)}
-            if TURN_END not in contents:
+            try:
+                family = family_for_special_tokens(contents)
+            except ValueError:
+                family = None
+            if family is None or family.turn_end not in contents:
                 raise ConfigError(
-                    f"tokenizer.special_tokens_path {value} has no {TURN_END} among its added_tokens, which ends "
-                    "every chat turn in training; use the tokenizer.json of a Qwen2.5 model."
+                    f"tokenizer.special_tokens_path {value} has no <|im_end|> among its added_tokens, which ends "
+                    "every chat turn in training; use the tokenizer.json of a Qwen2.5 or Qwen3 model."
                 )
     merges = cfg_tokenizer.get("merges_file")
     if merges is not None:

@@ -10,6 +10,11 @@ weights are stacked ``[D, ...]``, each token uses its own document's slice, and 
 inner objective is the sum of the documents' mean losses. Documents never attend to
 each other, so the gradient of that sum with respect to ``φ^(d)`` is exactly the
 gradient of document ``d``'s own mean loss.
+
+Under sequence parallelism a document's tokens may lie on several ranks: each rank
+divides its part of the document's loss sum by the document's response tokens on all
+ranks, and the losses and φ-gradients are summed over the ranks (:meth:`Documents.total`)
+before they are reported, checked or clipped (docs/DESIGN.md section 3b).
 """
 
 from __future__ import annotations
@@ -50,15 +55,16 @@ class BilevelResult:
     """What one micro-batch produced. Tensors stay on the device (no host sync).
 
     Attributes:
-        loss: outer cross-entropy summed over response tokens; the graph reaches θ only.
-        token_losses: ``[n]`` the outer cross-entropy of each response token (row-major), whose
-            sum is ``loss`` (:mod:`focusft.normalization` weighs them per document).
-        num_tokens: response tokens in the micro-batch.
+        loss: outer cross-entropy summed over response tokens (of this rank's sequence
+            shard under SP); the graph reaches θ only.
+        token_losses: ``[n]`` the outer cross-entropy of each of those response tokens (row-major),
+            whose sum is ``loss`` (:mod:`focusft.normalization` weighs them per document).
+        num_tokens: response tokens that ``loss`` sums over.
         inner_losses: ``[K+1]`` mean response loss under φ_0 … φ_K, averaged over
             documents weighted by their response tokens; entries k and k+1 are the inner
             loss before and after step k (the last equals the outer mean).
         document_losses: ``[K+1, D]`` each document's mean response loss under φ_0 … φ_K.
-        document_tokens: ``[D]`` response tokens of each document.
+        document_tokens: ``[D]`` response tokens of each document (on all ranks under SP).
         skipped_updates: document updates skipped for a non-finite loss, gradient or result.
         delta_norms: ``[D]`` ‖φ_K − φ_0‖ of each document over all its fast-weight tensors.
         fast_weights: φ_K, stacked ``[D, ...]`` (empty when bilevel is off).
@@ -137,19 +143,21 @@ def bilevel_step(
     if documents is None:
         documents = Documents(1, 1, torch.zeros_like(tokens), None, "shared")
     response_document = documents.token_document[labels != IGNORE_INDEX]
-    document_tokens = torch.bincount(response_document, minlength=documents.count)
+    local_tokens = torch.bincount(response_document, minlength=documents.count)
+    document_tokens = documents.total(local_tokens)
     trunk = model("trunk", tokens, mask=mask, input_pos=input_pos)
     head = dict(mask=mask, input_pos=input_pos, labels=labels)
 
     def document_means(token_losses: torch.Tensor) -> torch.Tensor:
+        """This rank's share of each document's mean loss (the whole mean without SP)."""
         sums = token_losses.new_zeros(documents.count).index_add_(0, response_document, token_losses)
         return sums / document_tokens.clamp(min=1)
 
     if inner is None or inner.steps == 0:
         token_losses = model("head", trunk, **head)
-        means = document_means(token_losses.detach())
+        means = documents.total(document_means(token_losses.detach()))
         skipped = torch.zeros((), dtype=torch.long, device=tokens.device)
-        return _result(token_losses, [means], document_tokens, skipped, torch.zeros_like(means), {})
+        return _result(token_losses, [means], local_tokens, document_tokens, skipped, torch.zeros_like(means), {})
 
     if initial_fast_weights is None:
         raise ValueError("bilevel_step needs initial_fast_weights (FastWeightSlots.init) when the inner loop runs.")
@@ -163,25 +171,27 @@ def bilevel_step(
     skipped = torch.zeros((), dtype=torch.long, device=tokens.device)
     for _ in range(inner.steps):
         leaves, flat = fast_weight_leaves(fast)
-        means = document_means(model("head", inner_input, fast_weights=documents.slot_values(leaves), **head))
-        grads = torch.autograd.grad(means.sum(), flat)
-        losses.append(means.detach())
-        fast, applied = inner_sgd_update(leaves, grads, means.detach(), inner)
+        shares = document_means(model("head", inner_input, fast_weights=documents.slot_values(leaves), **head))
+        grads = [documents.total(g) for g in torch.autograd.grad(shares.sum(), flat)]
+        means = documents.total(shares.detach())
+        losses.append(means)
+        fast, applied = inner_sgd_update(leaves, grads, means, inner)
         skipped += (~applied).sum()
 
     token_losses = model("head", trunk, fast_weights=documents.slot_values(fast), **head)
-    losses.append(document_means(token_losses.detach()))
+    losses.append(documents.total(document_means(token_losses.detach())))
     squares = sum(
         torch.linalg.vector_norm((fast[layer][name] - initial[layer][name]).flatten(1), dim=1) ** 2
         for layer in fast
         for name in fast[layer]
     )
-    return _result(token_losses, losses, document_tokens, skipped, squares.sqrt(), fast)
+    return _result(token_losses, losses, local_tokens, document_tokens, skipped, squares.sqrt(), fast)
 
 
 def _result(
     token_losses: torch.Tensor,
     losses: list[torch.Tensor],
+    local_tokens: torch.Tensor,
     document_tokens: torch.Tensor,
     skipped: torch.Tensor,
     delta_norms: torch.Tensor,
@@ -193,7 +203,7 @@ def _result(
     return BilevelResult(
         loss=token_losses.sum(),
         token_losses=token_losses,
-        num_tokens=document_tokens.sum(),
+        num_tokens=local_tokens.sum(),
         inner_losses=inner_losses,
         document_losses=document_losses,
         document_tokens=document_tokens,

@@ -73,6 +73,7 @@ RECIPE_KEYS: tuple[str, ...] = (
     "enable_inner_activation_checkpointing",
     "compile",
     "fsdp_reshard_after_forward",
+    "sequence_parallel_size",
     # checkpoints and logging
     "output_dir",
     "save_every_n_steps",

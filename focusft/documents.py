@@ -13,6 +13,10 @@ stacked fast weights ``[D, ...]`` reach the tokens:
 
 Everything here is built on the host from the collated batch, before it moves to
 the device, so the training step never waits on the device for it.
+
+Under sequence parallelism a rank holds one shard of each row (:mod:`focusft.sequence_parallel`):
+documents are found in the whole rows, ``token_document`` and the chunks cover the shard,
+and :meth:`Documents.total` sums per-document tensors over the ranks holding the other shards.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 
 from focusft.fast_weights import FastWeights
 from focusft.masks import TokenLayout
+from focusft.sequence_parallel import WHOLE_ROW, SequenceShard
 
 FastWeightScope = Literal["document", "micro_batch"]
 FAST_WEIGHT_SCOPES: tuple[str, ...] = get_args(FastWeightScope)
@@ -47,13 +52,15 @@ class Documents:
         count: number of fast-weight sets ``D`` (at least 1): one per document, or one
             for the whole micro-batch with ``fast_weight_scope: micro_batch``.
         found: documents in the micro-batch.
-        token_document: ``[b, s]`` document index in ``0 .. D-1`` of each token, -1 on padding.
+        token_document: ``[b, s]`` document index in ``0 .. D-1`` of each token of this
+            rank's shard of the rows (all of them without SP), -1 on padding.
         sample_index: each document's index in the dataset (seeds its φ_0), or None if
             the batch did not carry them.
         routing: how stacked fast weights reach the tokens (module docstring).
         chunk_tokens: ``[chunks, c]`` flat (row-major) token positions of each chunk,
             padded with ``b * s``; only for ``chunks`` routing.
         chunk_document: ``[chunks]`` document of each chunk; only for ``chunks`` routing.
+        shard: which shard of the rows this rank holds (the whole rows without SP).
     """
 
     count: int
@@ -63,12 +70,17 @@ class Documents:
     routing: Routing
     chunk_tokens: torch.Tensor | None = None
     chunk_document: torch.Tensor | None = None
+    shard: SequenceShard = WHOLE_ROW
 
     @classmethod
     def from_layout(
-        cls, layout: TokenLayout, sample_index: torch.Tensor | None = None, scope: FastWeightScope = "document"
+        cls,
+        layout: TokenLayout,
+        sample_index: torch.Tensor | None = None,
+        scope: FastWeightScope = "document",
+        shard: SequenceShard = WHOLE_ROW,
     ) -> Documents:
-        """Documents of a collated batch.
+        """Documents of a collated batch (the whole rows), routed for this rank's ``shard`` of them.
 
         ``sample_index`` is ``[b, max_docs]``: the dataset index of the document with id
         ``j`` in row ``r`` at ``[r, j]`` (-1 where a row has fewer documents).
@@ -85,14 +97,23 @@ class Documents:
         if count != len(torch.unique(row_and_doc[valid])):
             raise ValueError("A row has a document id that recurs after another document; ids must be runs.")
         seeds = _sample_index_per_document(starts, doc, sample_index) if sample_index is not None else None
+        columns = shard.columns(s)
         if scope == "micro_batch" or count <= 1:
-            token_document = torch.where(valid, 0, -1)
-            return cls(1, count, token_document, seeds[:1] if seeds else seeds, "shared")
-        token_document = torch.where(valid, starts.flatten().cumsum(0).view(b, s) - 1, -1)
+            token_document = torch.where(valid, 0, -1)[:, columns]
+            return cls(1, count, token_document, seeds[:1] if seeds else seeds, "shared", shard=shard)
+        token_document = torch.where(valid, starts.flatten().cumsum(0).view(b, s) - 1, -1)[:, columns]
         if count == b and bool(starts.sum(dim=1).eq(1).all()):
-            return cls(count, count, token_document, seeds, "rows")
+            return cls(count, count, token_document, seeds, "rows", shard=shard)
         chunk_tokens, chunk_document = _chunks(token_document, count)
-        return cls(count, count, token_document, seeds, "chunks", chunk_tokens, chunk_document)
+        return cls(count, count, token_document, seeds, "chunks", chunk_tokens, chunk_document, shard)
+
+    def total(self, per_document: torch.Tensor) -> torch.Tensor:
+        """A per-document sum over the whole rows: this shard's part summed over the SP group.
+
+        The one place where documents split over ranks are joined (docs/DESIGN.md section 3b);
+        without sequence parallelism it returns its input.
+        """
+        return self.shard.total(per_document)
 
     def to(self, device: torch.device | str) -> Documents:
         move = {
@@ -144,7 +165,7 @@ def _chunks(token_document: torch.Tensor, count: int) -> tuple[torch.Tensor, tor
     positions = (flat >= 0).nonzero().squeeze(1)  # row-major, so grouped by document
     docs = flat[positions]
     lengths = torch.bincount(docs, minlength=count)
-    width = min(CHUNK_TOKENS, int(lengths.max()))
+    width = max(1, min(CHUNK_TOKENS, int(lengths.max())))  # a shard may hold no valid token
     per_doc = (lengths + width - 1) // width
     first_chunk = per_doc.cumsum(0) - per_doc
     within = torch.arange(len(positions)) - (lengths.cumsum(0) - lengths)[docs]

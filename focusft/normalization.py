@@ -25,6 +25,7 @@ import torch
 
 from focusft.documents import document_starts
 from focusft.masks import TokenLayout
+from focusft.sequence_parallel import WHOLE_ROW, SequenceShard
 from focusft.split_decoder import IGNORE_INDEX
 
 LossNormalization = Literal["token", "sample"]
@@ -62,19 +63,27 @@ def document_of_tokens(layout: TokenLayout) -> torch.Tensor:
 
 
 def outer_loss(
-    token_losses: torch.Tensor, labels: torch.Tensor, layout: TokenLayout, normalization: LossNormalization
+    token_losses: torch.Tensor,
+    labels: torch.Tensor,
+    layout: TokenLayout,
+    normalization: LossNormalization,
+    shard: SequenceShard = WHOLE_ROW,
 ) -> OuterLoss:
     """The micro-batch's numerator and weight from its ``[n]`` response-token losses.
 
-    ``token_losses`` are those of the positions where the shifted ``labels`` ``[b, s]`` are
-    not ignored, in row-major order (:func:`focusft.split_decoder.response_token_losses`).
+    ``token_losses`` are those of the positions where the shifted ``labels`` are not
+    ignored, in row-major order (:func:`focusft.split_decoder.response_token_losses`).
+    Under sequence parallelism ``labels`` and ``token_losses`` cover this rank's ``shard``
+    of the rows and ``layout`` the whole rows: a document's response-token count is summed
+    over the SP group before ``sample`` divides by it, and documents are counted on the
+    group's first rank only, so the step's sums over all processes count each once.
     With ``token`` the numerator is ``token_losses.sum()``, exactly the loss the recipe
     backpropagated before this setting existed. No host synchronisation.
     """
     response = labels != IGNORE_INDEX
-    document = document_of_tokens(layout)[response]
-    counts = torch.bincount(document, minlength=layout.shape[0] * layout.shape[1])
-    documents = (counts > 0).sum()
+    document = document_of_tokens(layout)[:, shard.columns(layout.shape[1])][response]
+    counts = shard.total(torch.bincount(document, minlength=layout.shape[0] * layout.shape[1]))
+    documents = (counts > 0).sum() * (shard.rank == 0)
     if normalization == "token":
         return OuterLoss(token_losses.sum(), response.sum(), documents)
     if normalization != "sample":

@@ -75,6 +75,7 @@ from focusft.metric_guard import GuardedMetricLogger, MetricsError
 from focusft.normalization import DESCRIPTIONS, outer_loss
 from focusft.preemption import Stopped, install_stop_signals, report_stop
 from focusft.run_guard import REPORTED_ERROR_EXIT_CODE, exit_when_launcher_dies, lock_output_dir
+from focusft.sequence_parallel import ParallelDims, apply_sequence_parallel, whole_sequences
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
 
 log = utils.get_logger("INFO")
@@ -125,6 +126,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         init_process_group(training.get_distributed_backend(self.device.type))
         self.world_size, self.rank = utils.get_world_size_and_rank()
         self.is_rank_zero = self.rank == 0
+        sp = cfg.get("sequence_parallel_size", 1)
+        self.parallel = ParallelDims.build(sp, self.world_size, self.rank, self.device.type)
         self._lock = self._on_rank_zero(lambda: lock_output_dir(self.output_dir))
 
         self.seed = training.set_seed(seed=cfg.seed)
@@ -229,7 +232,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             )
             log.info(
                 f"{self.focus.variant}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
-                f"{self.world_size} process(es), {self.mask_kind} mask, {fast}"
+                f"{self.world_size} process(es) (sequence parallel: {self.parallel.sp}), {self.mask_kind} mask, {fast}"
             )
             normalization = self.focus.loss_normalization
             log.info(f"Outer loss per step: {DESCRIPTIONS[normalization]} (loss_normalization: {normalization}).")
@@ -268,10 +271,17 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                     "length_grouped=True needs a dataset with `lengths` (the focusft.data builders have it)."
                 )
             sampler = LengthGroupedSampler(
-                dataset.lengths, cfg.batch_size, self.world_size, self.rank, shuffle=shuffle, seed=cfg.seed
+                dataset.lengths,
+                cfg.batch_size,
+                self.parallel.data_size,
+                self.parallel.data_rank,
+                shuffle=shuffle,
+                seed=cfg.seed,
             )
         else:
-            sampler = EverySampleSampler(dataset, self.world_size, self.rank, shuffle=shuffle, seed=cfg.seed)
+            sampler = EverySampleSampler(
+                dataset, self.parallel.data_size, self.parallel.data_rank, shuffle=shuffle, seed=cfg.seed
+            )
         return StatefulDataLoader(
             dataset,
             batch_size=cfg.batch_size,
@@ -290,6 +300,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         with training.set_default_dtype(self.dtype), torch.device("meta"):
             decoder = config.instantiate(cfg.model)
         slots = attach_fast_weight_slots(decoder, self.focus.fast_weights)
+        apply_sequence_parallel(decoder, self.parallel.sequence)
         model = SplitDecoder(
             decoder,
             slots,
@@ -336,11 +347,11 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                     "its learning rate and other optimizer hyperparameters stay in effect; data settings apply "
                     "as given, from the saved position in the data."
                 )
-        saved = (state["seed"], state["world_size"], state["steps_per_epoch"])
-        if saved != (self.seed, self.world_size, self.steps_per_epoch):
+        saved = (state["seed"], state["world_size"], state.get("sequence_parallel_size", 1), state["steps_per_epoch"])
+        if saved != (now := (self.seed, self.world_size, self.parallel.sp, self.steps_per_epoch)):
             raise ConfigError(
-                f"The checkpoint was made with (seed, world_size, steps_per_epoch) = {saved}; this run has "
-                f"{(self.seed, self.world_size, self.steps_per_epoch)}. Resume with the same seed, data and processes."
+                f"The checkpoint was made with (seed, world_size, sequence_parallel_size, steps_per_epoch) = {saved}; "
+                f"this run has {now}. Resume with the same seed, data and processes."
             )
         training.load_from_full_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], self.device)
         if self.lr_scheduler is not None:
@@ -431,7 +442,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         return torch.zeros(INNER_LOSSES + num_inner, dtype=torch.float64, device=self.device)
 
     def _micro_batch(self, batch: dict[str, torch.Tensor], epoch: int, stats: torch.Tensor) -> None:
-        mb = prepare_batch(batch, self.device, self.focus.fast_weight_scope)
+        mb = prepare_batch(batch, self.device, self.focus.fast_weight_scope, self.parallel.sequence)
         mask = build_mask(mb.layout, self.focus.attention, self.mask_kind, dtype=self.dtype)
         initial = None
         if self.inner is not None and self.inner.steps > 0:
@@ -448,17 +459,20 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             documents=mb.documents,
             initial_fast_weights=initial,
         )
-        outer = outer_loss(result.token_losses, mb.labels, mb.layout, self.focus.loss_normalization)
+        outer = outer_loss(
+            result.token_losses, mb.labels, mb.layout, self.focus.loss_normalization, self.parallel.sequence
+        )
         outer.loss.backward()
         tokens = result.num_tokens.double()
         stats[LOSS_SUM] += outer.loss.detach().double()
         stats[WEIGHT] += outer.weight
         stats[TOKENS] += tokens
-        stats[INPUT_TOKENS] += mb.layout.valid.sum()
-        stats[SKIPPED] += result.skipped_updates
-        stats[DELTA_SUM] += result.delta_norms.double().sum()
-        stats[FAST_WEIGHT_SETS] += mb.documents.count
-        stats[DOCUMENTS] += outer.documents
+        once = self.parallel.leads_sequence  # what the ranks of an SP group hold alike is counted once
+        stats[INPUT_TOKENS] += mb.layout.valid.sum() * once
+        stats[SKIPPED] += result.skipped_updates * once
+        stats[DELTA_SUM] += result.delta_norms.double().sum() * once
+        stats[FAST_WEIGHT_SETS] += mb.documents.count * once
+        stats[DOCUMENTS] += outer.documents  # counted once per SP group by outer_loss
         stats[INNER_LOSSES:] += result.inner_losses.double() * tokens  # token-weighted across micro-batches
 
     def _optimizer_step(self, stats: torch.Tensor) -> tuple[float, float, bool]:
@@ -548,7 +562,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
 
     def _probe_attention(self) -> None:
         """Attention metrics of the probe sample: a forward that every rank runs; rank 0 logs."""
-        metrics = self.probe.measure(self.model)
+        with whole_sequences(self.model):  # every rank measures the whole probe row
+            metrics = self.probe.measure(self.model)
         if self.is_rank_zero:
             self.metric_logger.log_dict(metrics, step=self.global_step)
 
@@ -572,6 +587,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             recipe_state = {
                 "seed": self.seed,
                 "world_size": self.world_size,
+                "sequence_parallel_size": self.parallel.sp,
                 "epoch": next_epoch,
                 "global_step": self.global_step,
                 "steps_in_epoch": self.steps_in_epoch,

@@ -68,3 +68,18 @@ def test_max_seq_len_search_runs_under_fsdp_on_cpu(tmp_path, capsys):
     outcomes = json.loads(out.read_text())
     assert [o["seq_len"] for o in outcomes] == [32, 64] and all(o["ok"] for o in outcomes)
     assert "longest FocuSFT training step: 64 tokens" in capsys.readouterr().out
+
+
+def test_sequence_parallel_report_takes_the_larger_rank_and_gives_the_ratios():
+    from benchmarks.sequence_parallel import report
+
+    def rank(peak1, peak2):
+        return {
+            sp: {"peak_mib": peak, "mask_mib": 16.0, "seconds": 2.0 * sp, "cpu_seconds": 1.0 * sp}
+            for sp, peak in ((1, peak1), (2, peak2))
+        }
+
+    out = report([{"seq_len": 2048, "ranks": [rank(100.0, 50.0), rank(90.0, 60.0)]}])
+    assert "| 2048 | 2 | 60.0 | 16.0 | 4.00 | 2.00 |" in out
+    assert "memory sp2/sp1 0.600× (0.524× without the dense mask)" in out
+    assert "step time sp2/sp1 2.000× wall, 2.000× CPU (tokens/s per rank 0.250× wall)" in out

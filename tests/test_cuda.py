@@ -6,6 +6,7 @@ path with the dense-mask SDPA path the CPU tests already check against brute for
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -146,3 +147,18 @@ def test_recipe_trains_on_cuda_in_bf16_through_nccl(tmp_path, compile_model):
     assert len(rows) == 3
     losses = [float(row.split("loss:")[1].split()[0]) for row in rows]
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="sequence parallelism over GPUs needs 2 of them")
+def test_sequence_parallel_block_mask_step_equals_one_gpu(tmp_path):
+    """sp=2 over two GPUs (NCCL, FlexAttention BlockMask of the whole rows) = one GPU on whole rows."""
+    from tests.test_sequence_parallel import check
+
+    out = tmp_path / "result.json"
+    cases = ["bidir_context:packed:1:1", "causal:packed:0:1", "causal:unpacked:0:1", "bidir_context:unpacked:1:0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["tests/distributed/sequence_parallel_worker.py", str(out), "1x2", ",".join(cases), "cuda"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    check(json.loads(out.read_text()), len(cases))

@@ -3,7 +3,8 @@
 #   1. installs what the GPU's Python lacks from a local wheelhouse (benchmarks/gpu/build_wheelhouse.sh);
 #   2. CUDA-only tests: BlockMask training = dense-mask training (fp32, bf16), FlexAttention
 #      forward/backward = SDPA, no recompilation per length, the recipe with device=cuda
-#      dtype=bf16 through NCCL with and without compile;
+#      dtype=bf16 through NCCL with and without compile; with 2+ GPUs visible also Ulysses sequence
+#      parallelism (sp=2, BlockMask over NCCL) = one GPU (skipped on one GPU);
 #   3. the step benchmark (five variants) on the Qwen2.5-1.5B and -7B architectures;
 #   4. the longest sequence at which FocuSFT trains each with FSDP2 + activation checkpointing.
 #
@@ -80,7 +81,7 @@ else
 fi
 
 # 2. CUDA-only tests (skipped on a CPU) and the CPU tests of the pieces they rely on.
-stage "CUDA tests" 150 tests.log "$PY" -m pytest -q -x -p no:cacheprovider \
+stage "CUDA tests" 210 tests.log "$PY" -m pytest -q -x -p no:cacheprovider \
   tests/test_cuda.py tests/test_loss.py tests/test_step_cost.py
 
 # 3. Step benchmark, activation checkpointing on (the paper's setting): markdown tables.
