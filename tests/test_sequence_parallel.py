@@ -48,7 +48,8 @@ def check(records: list[dict], expected_cases: int) -> None:
 
 
 def test_sp2_on_two_processes_takes_the_one_process_step(tmp_path):
-    """Both masks, packed rows with documents across the shard boundary, unpacked rows, AC on/off, bilevel on/off."""
+    """Both masks, packed rows with documents across the shard boundary, unpacked rows, AC on/off, bilevel on/off,
+    per-token and per-document outer loss."""
     cases = [
         f"{mode}:{kind}:{ac}:{bilevel}"
         for mode, kind, ac, bilevel in itertools.product(
@@ -56,12 +57,18 @@ def test_sp2_on_two_processes_takes_the_one_process_step(tmp_path):
         )
     ]
     cases.append("bidir_context:short:0:1")  # the second shard holds only padding
+    cases.append("bidir_context:packed:0:1:sample")  # per-document outer loss, documents across the boundary
     check(launch(tmp_path, 2, "1x2", cases), len(cases))
 
 
 def test_dp2_sp2_and_sp4_on_four_processes_take_the_one_process_step(tmp_path):
     """dp=2 × sp=2, and sp=4 > the tiny model's 2 key/value heads (they are repeated per query head)."""
-    cases = ["bidir_context:packed:1:1", "causal:unpacked:0:1", "bidir_context:unpacked:0:0"]
+    cases = [
+        "bidir_context:packed:1:1",
+        "causal:unpacked:0:1",
+        "bidir_context:unpacked:0:0",
+        "causal:packed:0:1:sample",
+    ]
     check(launch(tmp_path, 4, "2x2,1x4", cases), 2 * len(cases))
 
 

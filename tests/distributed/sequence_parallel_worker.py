@@ -24,6 +24,7 @@ from focusft.bilevel import InnerLoopConfig, bilevel_step
 from focusft.fast_weights import FastWeightConfig, attach_fast_weight_slots
 from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask
+from focusft.normalization import outer_loss
 from focusft.sequence_parallel import WHOLE_ROW, ParallelDims, apply_sequence_parallel
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
 from focusft.tiny import seeded_tiny_qwen2_5
@@ -73,7 +74,7 @@ def build(checkpointing: bool, shard) -> tuple[SplitDecoder, object]:
 def micro_batch(model, slots, batch, mode: str, bilevel: bool, shard):
     mb = prepare_batch(batch, DEVICE, "document", shard)
     kind = "block" if DEVICE.type == "cuda" else "dense"
-    return bilevel_step(
+    return mb, bilevel_step(
         model,
         slots,
         mb.tokens,
@@ -90,16 +91,20 @@ def full_parameters(model) -> dict[str, torch.Tensor]:
     return {n: p.full_tensor() if isinstance(p, DTensor) else p.detach() for n, p in model.named_parameters()}
 
 
-def run_case(parallel: ParallelDims, mode: str, kind: str, checkpointing: bool, bilevel: bool) -> dict | None:
+def run_case(
+    parallel: ParallelDims, mode: str, kind: str, checkpointing: bool, bilevel: bool, normalization: str
+) -> dict | None:
     rank, world = dist.get_rank(), dist.get_world_size()
     model, slots = build(checkpointing, parallel.sequence)
     shard_split_decoder(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    result = micro_batch(model, slots, collated(kind, parallel.data_rank), mode, bilevel, parallel.sequence)
-    sums = torch.stack([result.loss.detach().float(), result.num_tokens.float()])
+    mb, result = micro_batch(model, slots, collated(kind, parallel.data_rank), mode, bilevel, parallel.sequence)
+    outer = outer_loss(result.token_losses, mb.labels, mb.layout, normalization, parallel.sequence)
+    sums = torch.stack([outer.loss.detach().float(), outer.weight.float()])
     dist.all_reduce(sums)
-    # The recipe's normalisation: FSDP averages over all ranks, the loss is per response token of the global batch.
-    (result.loss * world / sums[1]).backward()
+    # The recipe's normalisation: FSDP averages over all ranks; the loss is per response token or
+    # per document of the global batch.
+    (outer.loss * world / sums[1]).backward()
     optimizer.step()
     theta = full_parameters(model)
     inner = [None] * world
@@ -110,24 +115,26 @@ def run_case(parallel: ParallelDims, mode: str, kind: str, checkpointing: bool, 
     reference, ref_slots = build(checkpointing, WHOLE_ROW)
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=LR)
     initial = {n: p.detach().clone() for n, p in reference.named_parameters()}
-    ref_inner, ref_loss, ref_tokens = {}, 0.0, 0
-    results = [
-        micro_batch(reference, ref_slots, collated(kind, d), mode, bilevel, WHOLE_ROW) for d in range(parallel.dp)
-    ]
-    total = sum(int(r.num_tokens) for r in results)
-    for d, ref in enumerate(results):
-        (ref.loss / total).backward()
+    ref_inner, ref_loss, ref_weight = {}, 0.0, 0
+    outers = []
+    for d in range(parallel.dp):
+        ref_mb, ref = micro_batch(reference, ref_slots, collated(kind, d), mode, bilevel, WHOLE_ROW)
+        outers.append((ref, outer_loss(ref.token_losses, ref_mb.labels, ref_mb.layout, normalization)))
+    total = sum(int(o.weight) for _, o in outers)
+    for d, (ref, ref_outer) in enumerate(outers):
+        (ref_outer.loss / total).backward()
         ref_inner[d] = ref.document_losses
-        ref_loss += float(ref.loss.detach())
-        ref_tokens += int(ref.num_tokens)
+        ref_loss += float(ref_outer.loss.detach())
+        ref_weight += int(ref_outer.weight)
     ref_optimizer.step()
     moved = max((p.detach() - initial[n]).abs().max().item() for n, p in reference.named_parameters())
     return {
-        "case": f"{parallel.dp}x{parallel.sp} {mode} {kind} ac={int(checkpointing)} bilevel={int(bilevel)}",
+        "case": f"{parallel.dp}x{parallel.sp} {mode} {kind} ac={int(checkpointing)} bilevel={int(bilevel)} "
+        f"{normalization}",
         "inner": max((torch.tensor(losses) - ref_inner[d].cpu()).abs().max().item() for d, losses in inner),
-        "outer": abs(float(sums[0] / sums[1]) - ref_loss / ref_tokens),
+        "outer": abs(float(sums[0] / sums[1]) - ref_loss / ref_weight),
         "theta": max((theta[n] - p.detach()).abs().max().item() for n, p in reference.named_parameters()),
-        "tokens": [int(sums[1]), ref_tokens],
+        "tokens": [int(sums[1]), ref_weight],
         "theta_moved": moved,
     }
 
@@ -146,8 +153,10 @@ def main(out_path: str, meshes: str, cases: str, device: str = "cpu") -> None:
         assert dp * sp == world, (mesh, world)
         parallel = ParallelDims.build(sp, world, dist.get_rank(), DEVICE.type)
         for case in cases.split(","):
-            mode, kind, checkpointing, bilevel = case.split(":")
-            records.append(run_case(parallel, mode, kind, checkpointing == "1", bilevel == "1"))
+            mode, kind, checkpointing, bilevel, *normalization = case.split(":")
+            records.append(
+                run_case(parallel, mode, kind, checkpointing == "1", bilevel == "1", (normalization or ["token"])[0])
+            )
     if dist.get_rank() == 0:
         with open(out_path, "w") as f:
             json.dump(records, f)
