@@ -31,10 +31,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torchtune import config, training, utils
 
 from focusft.config import ConfigError, checkpoint_files
 from focusft.hf_files import MissingTokenizerError, make_readable, set_chat_eos, special_token_ids
+from focusft.lora import peft_adapter_weights
 
 log = utils.get_logger("INFO")
 
@@ -42,6 +44,7 @@ LATEST = "LATEST"
 WEIGHT_INDEX = "model.safetensors.index.json"  # written by FullModelHFCheckpointer next to the shards
 ADAPTER_WEIGHTS = "adapter_model.pt"  # torchtune-named adapter tensors (PEFT's are adapter_model.safetensors)
 ADAPTER_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
 MERGED = "merged"  # subfolder of a LoRA run's last checkpoint: the merged model, a plain HF checkpoint
 RECIPE_STATE = "recipe_state.pt"
 PROGRESS = "progress.json"  # {"global_step": N}: orders checkpoints without loading their recipe state
@@ -277,6 +280,9 @@ class CheckpointManager:
         weights, adapter_config = adapter
         state = {training.ADAPTER_KEY: dict(weights), training.ADAPTER_CONFIG: dict(adapter_config)}
         self.checkpointer.save_checkpoint(state, epoch=0, adapter_only=True)
+        # PEFT's file again, with Qwen2's names and no q/k permutation (focusft.lora.peft_adapter_weights).
+        peft_file = self.output_dir / STAGING / "epoch_0" / PEFT_WEIGHTS
+        save_file(peft_adapter_weights(weights), str(peft_file), metadata={"format": "pt"})
         if model_state is not None:
             self.checkpointer.save_checkpoint({training.MODEL_KEY: model_state}, epoch=1)
 

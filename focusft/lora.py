@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 from torchtune import training
+from torchtune.models.qwen2 import qwen2_hf_to_tune, qwen2_tune_to_hf
 from torchtune.modules.peft import (
     DoRALinear,
     LoRALinear,
@@ -185,3 +186,67 @@ def _strip(keys: Any, prefix: str) -> tuple[list[str], list[str]]:
     """(missing, unexpected) of a load, names without the wrapper's prefix."""
     missing, unexpected = keys
     return [k.removeprefix(prefix) for k in missing], [k.removeprefix(prefix) for k in unexpected]
+
+
+# PEFT names a LoRA tensor of HF module ``X`` ``base_model.model.X.lora_A.weight`` (and ``lora_B``).
+PEFT_PREFIX = "base_model.model."
+_PEFT_MATRIX = {"lora_a": "lora_A", "lora_b": "lora_B"}
+
+
+def _hf_name(tune_module: str) -> str:
+    """HF name of a torchtune Qwen2 module (``layers.0.attn.q_proj`` -> ``model.layers.0.self_attn.q_proj``)."""
+    # The conversion only renames keys for Qwen2 (no q/k permutation); the sizes it takes are unused.
+    (key,) = qwen2_tune_to_hf({f"{tune_module}.weight": None}, num_heads=1, num_kv_heads=1, dim=1)
+    return key.removesuffix(".weight")
+
+
+def _tune_name(hf_module: str) -> str:
+    (key,) = qwen2_hf_to_tune({f"{hf_module}.weight": None}, num_heads=1, num_kv_heads=1, dim=1)
+    return key.removesuffix(".weight")
+
+
+def peft_adapter_weights(adapter: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchtune-named Qwen2 LoRA tensors under PEFT's names, unchanged.
+
+    torchtune 0.6.1's generic ``tune_to_peft_adapter_weights`` permutes the q/k ``lora_B``
+    rows as for Llama checkpoints; torchtune's Qwen2 keeps HF's q/k layout, so that
+    permutation would load a different adapter in PEFT. Raises ValueError on a non-LoRA key.
+    """
+    out = {}
+    for key, value in adapter.items():
+        module, _, matrix = key.removesuffix(".weight").rpartition(".")
+        if matrix not in _PEFT_MATRIX or not key.endswith(".weight"):
+            raise ValueError(f"{key} is not a LoRA A/B weight.")
+        out[f"{PEFT_PREFIX}{_hf_name(module)}.{_PEFT_MATRIX[matrix]}.weight"] = value.contiguous()
+    return out
+
+
+def merge_peft_adapter(
+    state: dict[str, torch.Tensor], peft_weights: Mapping[str, torch.Tensor], peft_config: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Fold a PEFT LoRA adapter into a torchtune-named Qwen2 state dict: ``W += (alpha / r) · B A``.
+
+    Only plain LoRA is accepted (no DoRA, rsLoRA, per-module ranks or saved whole modules);
+    raises ValueError naming what does not fit.
+    """
+    extras = ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern", "modules_to_save")
+    unsupported = [key for key in extras if peft_config.get(key)]
+    if peft_config.get("peft_type", "LORA") != "LORA" or unsupported:
+        found = unsupported or peft_config["peft_type"]
+        raise ValueError(f"only plain LoRA adapters can be merged; this one has {found}.")
+    scale = peft_config["lora_alpha"] / peft_config["r"]
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in peft_weights.items():
+        module, _, matrix = key.removeprefix(PEFT_PREFIX).removesuffix(".weight").rpartition(".")
+        if matrix not in ("lora_A", "lora_B"):
+            raise ValueError(f"adapter tensor {key} is not a LoRA A/B weight.")
+        pairs.setdefault(module, {})[matrix] = value
+    merged = dict(state)
+    for module, pair in pairs.items():
+        target = f"{_tune_name(module)}.weight"
+        if target not in merged or set(pair) != {"lora_A", "lora_B"}:
+            raise ValueError(f"adapter module {module} has no A/B pair for a weight of the base model ({target}).")
+        weight = merged[target]
+        delta = scale * (pair["lora_B"].to(torch.float32) @ pair["lora_A"].to(torch.float32))
+        merged[target] = (weight.to(torch.float32) + delta).to(weight.dtype)
+    return merged
