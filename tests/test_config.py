@@ -9,6 +9,7 @@ from torchtune import config
 
 from focusft.config import ConfigError, FocusConfig, check_input_files, check_training_values, checkpoint_files
 from focusft.fast_weights import attach_fast_weight_slots
+from focusft.outer_weights import outer_weights
 from focusft.tiny import write_tiny_checkpoint
 
 REPO_CONFIG = "configs/tiny/focusft_cpu.yaml"
@@ -112,6 +113,7 @@ def test_shipped_configs_are_valid_and_build_their_model(path):
     focus = FocusConfig.from_section(cfg.focusft)
     check_training_values(cfg)
     assert checkpoint_files(cfg.checkpointer)
+    assert outer_weights(cfg).adapter == ("lora" in path.name)  # a LoRA builder selects the LoRA outer loop
     with torch.device("meta"):
         model = config.instantiate(cfg.model)
     slots = attach_fast_weight_slots(model, focus.fast_weights)
