@@ -68,3 +68,18 @@ def test_max_seq_len_search_runs_under_fsdp_on_cpu(tmp_path, capsys):
     outcomes = json.loads(out.read_text())
     assert [o["seq_len"] for o in outcomes] == [32, 64] and all(o["ok"] for o in outcomes)
     assert "longest FocuSFT training step: 64 tokens" in capsys.readouterr().out
+
+
+def test_lora_benchmark_counts_what_each_outer_loop_trains_and_keeps(capsys):
+    from benchmarks import lora_benchmark
+
+    lora_benchmark.main(["--seq-len", "64", "--rounds", "1"])
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in capsys.readouterr().out.splitlines()}
+    full = lora_benchmark.build("full")
+    adapters = sum(p.numel() for p in lora_benchmark.build("LoRA").parameters() if p.requires_grad)
+    for variant in lora_benchmark.VARIANTS:
+        assert f"| {sum(p.numel() for p in full.parameters()):,} |" in rows[("full", variant)]
+        assert f"| {adapters:,} |" in rows[("LoRA", variant)] and f"| {adapters:,} |" in rows[("QLoRA", variant)]
+    # QLoRA keeps less training state than LoRA, which keeps less than full fine-tuning.
+    state = {outer: float(rows[(outer, "FocuSFT")].split("|")[4]) for outer in lora_benchmark.OUTER}
+    assert state["QLoRA"] < state["LoRA"] < state["full"]
