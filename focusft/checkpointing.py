@@ -9,6 +9,11 @@ scheduler, data position, RNG) lives in each checkpoint's ``recipe_state.pt``; t
 newest ``keep_recipe_states`` checkpoints keep theirs, so that a resume can fall back
 to the previous one when LATEST's files cannot be read. Weights that are not all
 finite are never written.
+
+A LoRA run (``adapter=True``) saves the adapter in PEFT format (``adapter_model.safetensors``,
+``adapter_config.json``, and torchtune's ``adapter_model.pt`` to resume from), plus the merged
+model in ``merged/`` when given it (the end of training); it resumes with the base weights of ``checkpoint_dir`` and the
+adapter of the checkpoint.
 """
 
 from __future__ import annotations
@@ -26,15 +31,21 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torchtune import config, training, utils
 
 from focusft.config import ConfigError, checkpoint_files
 from focusft.hf_files import MissingTokenizerError, make_readable, set_chat_eos, special_token_ids
+from focusft.lora import peft_adapter_weights
 
 log = utils.get_logger("INFO")
 
 LATEST = "LATEST"
 WEIGHT_INDEX = "model.safetensors.index.json"  # written by FullModelHFCheckpointer next to the shards
+ADAPTER_WEIGHTS = "adapter_model.pt"  # torchtune-named adapter tensors (PEFT's are adapter_model.safetensors)
+ADAPTER_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+MERGED = "merged"  # subfolder of a LoRA run's last checkpoint: the merged model, a plain HF checkpoint
 RECIPE_STATE = "recipe_state.pt"
 PROGRESS = "progress.json"  # {"global_step": N}: orders checkpoints without loading their recipe state
 STAGING = ".staging"  # also the prefix of the folder a replaced checkpoint is moved to
@@ -118,16 +129,21 @@ def _weight_files(checkpoint: Path) -> list[str]:
     return ["model.safetensors"]
 
 
-def _read_recipe_state(checkpoint: Path) -> tuple[dict[str, Any], list[str]]:
+def _read_recipe_state(checkpoint: Path, adapter: bool = False) -> tuple[dict[str, Any], list[str]]:
     """The recipe state and weight file names of ``checkpoint``; raises if a file cannot be read.
 
     Weight files are checked by opening them (safetensors validates the header and that the
-    file covers every tensor it lists), not by reading all weights a second time.
+    file covers every tensor it lists), not by reading all weights a second time; an
+    adapter checkpoint's resume weights are small and are read whole.
     """
-    files = _weight_files(checkpoint)
-    for name in files:
-        with safe_open(checkpoint / name, framework="pt"):
-            pass
+    if adapter:
+        torch.load(checkpoint / ADAPTER_WEIGHTS, weights_only=True, map_location="cpu")
+        files = [ADAPTER_WEIGHTS]
+    else:
+        files = _weight_files(checkpoint)
+        for name in files:
+            with safe_open(checkpoint / name, framework="pt"):
+                pass
     return torch.load(checkpoint / RECIPE_STATE, weights_only=False, map_location="cpu"), files
 
 
@@ -135,11 +151,21 @@ class CheckpointManager:
     """Loads the base or resumed weights and saves checkpoints atomically (I/O on rank 0).
 
     ``keep_recipe_states``: how many of the newest checkpoints keep their recipe state.
+    ``adapter``: a LoRA run (see the module docstring).
     """
 
-    def __init__(self, cfg_checkpointer: DictConfig, output_dir: str | Path, resume: bool, keep_recipe_states: int = 2):
+    def __init__(
+        self,
+        cfg_checkpointer: DictConfig,
+        output_dir: str | Path,
+        resume: bool,
+        keep_recipe_states: int = 2,
+        adapter: bool = False,
+    ):
         self.output_dir = Path(output_dir)
         self.keep_recipe_states = keep_recipe_states
+        self.adapter = adapter
+        self.base_dir = Path(str(cfg_checkpointer.checkpoint_dir)).expanduser().resolve()
         self.resume_dir: Path | None = None
         self._protected: Path | None = None  # the resumed-from checkpoint keeps its state until this run saves
         self.recipe_state: dict[str, Any] | None = None
@@ -152,6 +178,7 @@ class CheckpointManager:
         if resume:
             self.resume_dir, self.recipe_state, files = self._open_resumable()
             self._protected = self.resume_dir
+        if resume and not adapter:
             overrides |= {"checkpoint_dir": str(self.resume_dir), "checkpoint_files": files}
         else:
             checkpoint_files(cfg_checkpointer)  # validates the file list
@@ -177,7 +204,7 @@ class CheckpointManager:
         problems = []
         for path in candidates:
             try:
-                state, files = _read_recipe_state(path)
+                state, files = _read_recipe_state(path, self.adapter)
             except Exception as error:  # noqa: BLE001 - any unreadable file means: try the previous checkpoint
                 reason = str(error).splitlines()[0] if str(error) else type(error).__name__
                 problems.append(f"{path.name}: {reason}")
@@ -196,23 +223,38 @@ class CheckpointManager:
     def load_recipe_state(self) -> dict[str, Any] | None:
         return self.recipe_state
 
+    def load_adapter_state(self) -> dict[str, torch.Tensor] | None:
+        """torchtune-named adapter weights of the checkpoint resumed from (None when not resuming)."""
+        if self.resume_dir is None:
+            return None
+        return torch.load(self.resume_dir / ADAPTER_WEIGHTS, weights_only=True, map_location="cpu")
+
     def save(
-        self, name: str, model_state: dict[str, torch.Tensor], recipe_state: dict[str, Any], step: int = -1
+        self,
+        name: str,
+        model_state: dict[str, torch.Tensor] | None,
+        recipe_state: dict[str, Any],
+        step: int = -1,
+        adapter: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
     ) -> Path:
         """Write checkpoint ``output_dir/name`` (HF weights, config, tokenizer files, recipe state).
 
+        ``adapter``: the LoRA weights (torchtune names) and adapter config, written in PEFT
+        format as well; ``model_state`` is then the merged model, written as a plain HF
+        checkpoint into the subfolder ``merged/`` (transformers would take a folder holding
+        ``adapter_config.json`` for an adapter), or None.
         Raises :class:`CheckpointError` (nothing written, LATEST unchanged) if a weight is not
         finite, the disk is full, or any other OSError (e.g. permission denied) stops the write.
         """
         final = self.output_dir / name
-        bad = first_non_finite(model_state)
+        bad = first_non_finite({**(model_state or {}), **(adapter[0] if adapter else {})})
         if bad is not None:
             raise CheckpointError(
                 f"refusing to write checkpoint {final}: weight {bad} holds NaN or inf values. "
                 f"{self._latest_description()}"
             )
         try:
-            return self._write(name, final, model_state, recipe_state, step)
+            return self._write(name, final, model_state, recipe_state, step, adapter)
         except Exception as error:
             shutil.rmtree(self.output_dir / STAGING, ignore_errors=True)
             if _no_space_left(error):
@@ -227,14 +269,25 @@ class CheckpointManager:
             ) from None
 
     def _write(
-        self, name: str, final: Path, model_state: dict[str, torch.Tensor], recipe_state: dict[str, Any], step: int
+        self,
+        name: str,
+        final: Path,
+        model_state: dict[str, torch.Tensor] | None,
+        recipe_state: dict[str, Any],
+        step: int,
+        adapter: tuple[dict[str, torch.Tensor], dict[str, Any]] | None,
     ) -> Path:
         """Stage, then move into place and point LATEST at it (each step leaves earlier checkpoints intact)."""
         staging = self.output_dir / STAGING
         shutil.rmtree(staging, ignore_errors=True)  # leftovers of a crash during an earlier save
         with _quiet(log):  # torchtune's lines name the staging folder; the recipe logs the final path
-            self.checkpointer.save_checkpoint({training.MODEL_KEY: model_state}, epoch=0)
+            self._write_weights(model_state, adapter)
         staged = staging / "epoch_0"
+        if adapter is not None:
+            _name_base_model(staged / ADAPTER_CONFIG, self.base_dir)
+            if model_state is not None:
+                (staging / "epoch_1").rename(staged / MERGED)
+                set_chat_eos(staged / MERGED)
         set_chat_eos(staged)
         torch.save(recipe_state, staged / RECIPE_STATE)
         (staged / PROGRESS).write_text(json.dumps({"global_step": step}))
@@ -259,6 +312,24 @@ class CheckpointManager:
         self.remove_stale()
         return final
 
+    def _write_weights(
+        self,
+        model_state: dict[str, torch.Tensor] | None,
+        adapter: tuple[dict[str, torch.Tensor], dict[str, Any]] | None,
+    ) -> None:
+        """torchtune's checkpointer writes staging/epoch_0 (the checkpoint) and, for a merged model, epoch_1."""
+        if adapter is None:
+            self.checkpointer.save_checkpoint({training.MODEL_KEY: model_state}, epoch=0)
+            return
+        weights, adapter_config = adapter
+        state = {training.ADAPTER_KEY: dict(weights), training.ADAPTER_CONFIG: dict(adapter_config)}
+        self.checkpointer.save_checkpoint(state, epoch=0, adapter_only=True)
+        # PEFT's file again, with Qwen2's names and no q/k permutation (focusft.lora.peft_adapter_weights).
+        peft_file = self.output_dir / STAGING / "epoch_0" / PEFT_WEIGHTS
+        save_file(peft_adapter_weights(weights), str(peft_file), metadata={"format": "pt"})
+        if model_state is not None:
+            self.checkpointer.save_checkpoint({training.MODEL_KEY: model_state}, epoch=1)
+
     def remove_stale(self) -> None:
         """Delete leftover staging folders and the recipe states beyond the newest ``keep_recipe_states``.
 
@@ -275,6 +346,18 @@ class CheckpointManager:
     def _latest_description(self) -> str:
         latest = latest_checkpoint(self.output_dir)
         return f"The last good checkpoint is {latest}." if latest else "No checkpoint has been written yet."
+
+
+def _name_base_model(adapter_config: Path, base_dir: Path) -> None:
+    """Record the base checkpoint in PEFT's ``base_model_name_or_path`` when no hub id was known.
+
+    torchtune fills it from the base directory's ``original_repo_id.json`` only; the local
+    path lets ``focusft-eval`` (and PEFT's ``AutoPeftModel``) find the base of an adapter.
+    """
+    config = json.loads(adapter_config.read_text())
+    if not config.get("base_model_name_or_path"):
+        config["base_model_name_or_path"] = str(base_dir)
+        adapter_config.write_text(json.dumps(config, indent=2))
 
 
 @contextmanager

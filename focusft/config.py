@@ -80,6 +80,7 @@ RECIPE_KEYS: tuple[str, ...] = (
     "stop_after_step",
     "resume_from_checkpoint",
     "keep_recipe_states",
+    "save_adapter_weights_only",  # LoRA models: no merged model at the end
     "log_every_n_steps",
     # numerics
     "max_consecutive_skipped_steps",

@@ -1,8 +1,9 @@
 """Fast weights: per-document LoRA pairs on the FFN projections of the top layers.
 
 The pairs are not parameters. Each target projection becomes a
-:class:`FastLoRALinear` whose ``fast_*`` slots are non-persistent buffers left at
-``None``; :func:`torch.func.functional_call` fills them for one forward. So they
+:class:`FastLoRALinear` (or, when it is already an outer LoRA or NF4 projection, that
+module with the same slots, :func:`add_fast_weight_slots`) whose ``fast_*`` slots are
+non-persistent buffers left at ``None``; :func:`torch.func.functional_call` fills them for one forward. So they
 never reach ``state_dict``, the optimizer, a checkpoint or FSDP, and a model
 without them filled is exactly the base model.
 
@@ -117,7 +118,7 @@ class FastLoRALinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, *, bias: bool, scale: float, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.scale = scale
-        for slot in ("fast_a", "fast_b", "fast_chunk_tokens", "fast_chunk_document"):
+        for slot in FAST_SLOTS:
             self.register_buffer(slot, None, persistent=False)
 
     @classmethod
@@ -129,17 +130,65 @@ class FastLoRALinear(nn.Linear):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
-        if self.fast_a is None:
-            return y
-        a, b = self.fast_a.to(x.dtype), self.fast_b.to(x.dtype)
-        if a.dim() == 2:  # one pair for every token
-            low_rank = F.linear(F.linear(x, a), b)
-        elif self.fast_chunk_tokens is None:  # one pair per row
-            low_rank = (x @ a.mT) @ b.mT
-        else:  # one pair per document, tokens routed in chunks
-            low_rank = ChunkedLowRank.apply(x, a, b, self.fast_chunk_tokens, self.fast_chunk_document)
-        return y + self.scale * low_rank
+        return add_fast_low_rank(self, x, super().forward(x))
+
+
+FAST_SLOTS = ("fast_a", "fast_b", "fast_chunk_tokens", "fast_chunk_document")
+
+
+def add_fast_low_rank(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y + scale · (x Aᵀ) Bᵀ`` with the fast weights in ``module``'s slots; ``y`` when they are empty."""
+    if module.fast_a is None:
+        return y
+    a, b = module.fast_a.to(x.dtype), module.fast_b.to(x.dtype)
+    if a.dim() == 2:  # one pair for every token
+        low_rank = F.linear(F.linear(x, a), b)
+    elif module.fast_chunk_tokens is None:  # one pair per row
+        low_rank = (x @ a.mT) @ b.mT
+    else:  # one pair per document, tokens routed in chunks
+        low_rank = ChunkedLowRank.apply(x, a, b, module.fast_chunk_tokens, module.fast_chunk_document)
+    return y + module.scale * low_rank
+
+
+class FastWeightSlotsMixin:
+    """Adds the fast-weight slots to any projection module: ``y = proj(x) + scale · (x Aᵀ) Bᵀ``.
+
+    For projections that are not a plain ``nn.Linear`` (torchtune's ``LoRALinear``, its NF4
+    ``FrozenNF4Linear``): φ goes on top of whatever the projection computes, base plus outer
+    LoRA (docs/DESIGN.md section 3b). :func:`add_fast_weight_slots` gives an existing module
+    this behaviour by switching it to a subclass (as ``torch.nn.utils.parametrize`` does), so
+    its parameters keep their objects and names for FSDP, the optimizer and checkpoints.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return add_fast_low_rank(self, x, super().forward(x))
+
+
+_SLOTTED_CLASSES: dict[type, type] = {}
+
+
+def add_fast_weight_slots(module: nn.Module, scale: float) -> nn.Module:
+    """Give ``module`` (in place) empty fast-weight slots whose φ is added to its output."""
+    if not isinstance(module, (FastLoRALinear, FastWeightSlotsMixin)):
+        cls = type(module)
+        if cls not in _SLOTTED_CLASSES:
+            _SLOTTED_CLASSES[cls] = type(
+                f"{cls.__name__}WithFastWeights", (FastWeightSlotsMixin, cls), {"__module__": __name__}
+            )
+        module.__class__ = _SLOTTED_CLASSES[cls]
+        for slot in FAST_SLOTS:
+            module.register_buffer(slot, None, persistent=False)
+    module.scale = scale
+    return module
+
+
+def projection_features(module: nn.Module) -> tuple[int, int]:
+    """``(in, out)`` features of an ``nn.Linear`` or of torchtune's ``LoRALinear`` / ``DoRALinear``."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if hasattr(module, "in_dim") and hasattr(module, "out_dim"):
+        return module.in_dim, module.out_dim
+    raise ValueError(f"{type(module).__name__} is not a linear projection that fast weights can adapt.")
 
 
 @dataclass(frozen=True)
@@ -183,9 +232,12 @@ class FastWeightSlots:
 
 
 def attach_fast_weight_slots(model: TransformerDecoder, config: FastWeightConfig) -> FastWeightSlots:
-    """Turn the target FFN projections of the top layers into :class:`FastLoRALinear`.
+    """Give the target FFN projections of the top layers fast-weight slots.
 
-    Call before sharding the model; parameters are shared, not copied, and keep their names.
+    A plain ``nn.Linear`` becomes a :class:`FastLoRALinear`; any other projection (an
+    outer ``LoRALinear``, an NF4 base) keeps its class's forward, φ added on top
+    (:func:`add_fast_weight_slots`). Call before sharding the model; parameters are shared,
+    not copied, and keep their names.
     """
     num_layers = len(model.layers)
     first = config.first_adapted_layer(num_layers)
@@ -193,12 +245,15 @@ def attach_fast_weight_slots(model: TransformerDecoder, config: FastWeightConfig
     for layer in model.layers[first:]:
         for name in config.target_modules:
             proj = FFN_PROJECTIONS[name]
-            linear = getattr(layer.mlp, proj, None)
-            if not isinstance(linear, nn.Linear):
-                raise ValueError(f"Layer has no linear FFN projection mlp.{proj} ({name}) to adapt.")
-            if not isinstance(linear, FastLoRALinear):
-                setattr(layer.mlp, proj, FastLoRALinear.from_linear(linear, config.scale))
-            shapes[proj] = (linear.in_features, linear.out_features)
+            module = getattr(layer.mlp, proj, None)
+            try:
+                shapes[proj] = projection_features(module)
+            except ValueError:
+                raise ValueError(f"Layer has no linear FFN projection mlp.{proj} ({name}) to adapt.") from None
+            if type(module) is nn.Linear:
+                setattr(layer.mlp, proj, FastLoRALinear.from_linear(module, config.scale))
+            else:
+                add_fast_weight_slots(module, config.scale)
     return FastWeightSlots(config=config, first_layer=first, num_layers=num_layers, shapes=shapes)
 
 

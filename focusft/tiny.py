@@ -13,20 +13,25 @@ import json
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from torch import nn
+from torchao.dtypes.nf4tensor import to_nf4
 from torchtune.models import convert_weights
 from torchtune.models.llama3._tokenizer import Llama3Tokenizer
 from torchtune.models.llama3_2._component_builders import llama3_2
-from torchtune.models.qwen2 import qwen2, qwen2_tune_to_hf
+from torchtune.models.qwen2 import lora_qwen2, qwen2, qwen2_tune_to_hf
 from torchtune.models.qwen2._tokenizer import PRETOKENIZE_REGEX
 from torchtune.models.qwen2_5 import qwen2_5_tokenizer
 from torchtune.models.qwen2_5._tokenizer import QWEN2_5_SPECIAL_TOKENS, Qwen2_5Tokenizer
 from torchtune.modules import TransformerDecoder
+from torchtune.modules.common_utils import reparametrize_as_dtype_state_dict_post_hook
+from torchtune.modules.peft import LoRALinear
 
 from focusft.hf_files import instruct_tokenizer_config, special_token_ids
 from focusft.models import llama3, qwen3
@@ -112,6 +117,52 @@ class TinyQwenConfig:
 def tiny_qwen2_5(**overrides) -> TransformerDecoder:
     """Build the tiny model from torchtune's ``qwen2`` component builder (random init)."""
     return qwen2(**asdict(TinyQwenConfig(**overrides)))
+
+
+# NF4 blocks small enough for the tiny projections (the smallest, k/v, has 32 x 64 weights), also when
+# FSDP splits them over 2 processes; torchtune's builders use 64 / 256, which need >= 16K weights.
+TINY_NF4_BLOCK_SIZE = 32
+TINY_NF4_SCALER_BLOCK_SIZE = 8
+
+
+def tiny_lora_qwen2_5(
+    lora_attn_modules: list[str],
+    apply_lora_to_mlp: bool = False,
+    apply_lora_to_output: bool = False,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    lora_dropout: float = 0.0,
+    quantize_base: bool = False,
+    **overrides,
+) -> TransformerDecoder:
+    """The tiny model with torchtune's LoRA layers (``lora_qwen2``), as ``lora_qwen2_5_*`` builds the real ones.
+
+    ``quantize_base`` stores each LoRA layer's base weight in NF4, as torchtune's QLoRA
+    does, with blocks sized for the tiny dimensions.
+    """
+    model = lora_qwen2(
+        lora_attn_modules=list(lora_attn_modules),
+        apply_lora_to_mlp=apply_lora_to_mlp,
+        apply_lora_to_output=apply_lora_to_output,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        **asdict(TinyQwenConfig(**overrides)),
+    )
+    if quantize_base:
+        for module in model.modules():
+            if isinstance(module, LoRALinear):
+                nf4 = to_nf4(
+                    module.weight.detach(),
+                    block_size=TINY_NF4_BLOCK_SIZE,
+                    scaler_block_size=TINY_NF4_SCALER_BLOCK_SIZE,
+                )
+                module.weight = nn.Parameter(nf4, requires_grad=False)
+                module._quantize_base = True
+        # As torchtune's QLoRA builders: state_dict() yields the weights dequantised.
+        dtype = model.tok_embeddings.weight.dtype
+        model._register_state_dict_hook(partial(reparametrize_as_dtype_state_dict_post_hook, dtype=dtype))
+    return model
 
 
 def seeded_tiny_qwen2_5(seed: int = 0, **overrides) -> TransformerDecoder:

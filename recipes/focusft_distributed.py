@@ -15,6 +15,10 @@ once per epoch; the last optimizer step may accumulate fewer micro-batches
 An optimizer step whose outer loss or θ-gradient is not finite on any rank is skipped on
 every rank; ``max_consecutive_skipped_steps`` in a row stop the run. Bad input of any kind
 stops the run before compute with one line ``FocuSFT <kind> error: …`` and exit code 3.
+
+A torchtune LoRA model builder (``lora_qwen2_5_*``, ``quantize_base: True`` for QLoRA) makes
+the outer loop train only the adapters (:mod:`focusft.outer_weights`); checkpoints then hold
+the PEFT adapter, and the merged model at the end.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask
 from focusft.metric_guard import GuardedMetricLogger, MetricsError
 from focusft.normalization import DESCRIPTIONS, outer_loss
+from focusft.outer_weights import outer_weights, trainable_parameters
 from focusft.preemption import Stopped, install_stop_signals, report_stop
 from focusft.run_guard import REPORTED_ERROR_EXIT_CODE, exit_when_launcher_dies, lock_output_dir
 from focusft.sequence_parallel import ParallelDims, apply_sequence_parallel, whole_sequences
@@ -112,6 +117,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
     def __init__(self, cfg: DictConfig, added: Collection[str] = ()) -> None:
         # Everything that can be checked without weights or data is checked first.
         self.focus = FocusConfig.from_section(cfg.get("focusft"))
+        self.weights = outer_weights(cfg)
         self.probe_config = AttentionProbeConfig.from_section(cfg.get("attention_probe"))
         check_training_values(cfg)
         check_device(cfg)
@@ -176,6 +182,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             self.output_dir,
             cfg.get("resume_from_checkpoint", False),
             keep_recipe_states=cfg.get("keep_recipe_states", 2),
+            adapter=self.weights.adapter,
         )
         recipe_state = self.checkpoints.load_recipe_state()
         if recipe_state is not None and recipe_state["epoch"] >= self.total_epochs:
@@ -216,7 +223,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
 
         self.model, self.slots = self._setup_model(cfg)
         try:
-            self.optimizer = config.instantiate(cfg.optimizer, self.model.parameters())
+            self.optimizer = config.instantiate(cfg.optimizer, trainable_parameters(self.model))
         except (TypeError, ValueError) as error:
             raise ConfigError(f"optimizer ({cfg.optimizer.get('_component_')}): {error}") from None
         self.lr_scheduler = self._setup_lr_scheduler(cfg)
@@ -231,8 +238,9 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 else "no fast weights (bilevel=false)"
             )
             log.info(
-                f"{self.focus.variant}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
-                f"{self.world_size} process(es) (sequence parallel: {self.parallel.sp}), {self.mask_kind} mask, {fast}"
+                f"{self.focus.variant}, {self.weights.describe()}: {self.total_steps} steps "
+                f"({self.steps_per_epoch}/epoch), {self.world_size} process(es) (sequence parallel: "
+                f"{self.parallel.sp}), {self.mask_kind} mask, {fast}"
             )
             normalization = self.focus.loss_normalization
             log.info(f"Outer loss per step: {DESCRIPTIONS[normalization]} (loss_normalization: {normalization}).")
@@ -299,6 +307,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
         """Build on the meta device, add fast-weight slots, shard, then load the weights."""
         with training.set_default_dtype(self.dtype), torch.device("meta"):
             decoder = config.instantiate(cfg.model)
+        self.weights.prepare(decoder)
         slots = attach_fast_weight_slots(decoder, self.focus.fast_weights)
         apply_sequence_parallel(decoder, self.parallel.sequence)
         model = SplitDecoder(
@@ -320,8 +329,7 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             for module in model.modules():
                 if hasattr(module, "rope_init"):
                     module.rope_init()
-        state = {f"decoder.{k}": v for k, v in self.checkpoints.load_model_state().items()}
-        training.load_from_full_model_state_dict(model, state, self.device, strict=True)
+        self.weights.load(model, self.checkpoints, self.device)
         training.validate_no_params_on_meta_device(model)
         return model, slots
 
@@ -577,7 +585,8 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
 
         A save that rank 0 refuses (weights not finite, disk full) stops every rank.
         """
-        model_state = training.gather_cpu_state_dict(self.model, self.is_rank_zero, device=self.device)
+        final = not mid_epoch and next_epoch == self.total_epochs
+        model_state, adapter = self.weights.checkpoint(self.model, self.is_rank_zero, self.device, final)
         optimizer_state = training.get_full_optimizer_state_dict(
             self.model, self.optimizer, self.is_rank_zero, device=self.device
         )
@@ -600,11 +609,10 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
                 "consecutive_skipped_steps": self.consecutive_skips,
                 "config": self.config_snapshot,
             }
-            decoder_state = {k.removeprefix("decoder."): v for k, v in model_state.items()}
         failure = [None]
         if self.is_rank_zero:
             try:
-                path = self.checkpoints.save(name, decoder_state, recipe_state, step=self.global_step)
+                path = self.checkpoints.save(name, model_state, recipe_state, step=self.global_step, adapter=adapter)
                 log.info(f"Saved checkpoint {path}")
             except CheckpointError as error:
                 failure = [str(error)]

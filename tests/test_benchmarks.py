@@ -83,3 +83,18 @@ def test_sequence_parallel_report_takes_the_larger_rank_and_gives_the_ratios():
     assert "| 2048 | 2 | 60.0 | 16.0 | 4.00 | 2.00 |" in out
     assert "memory sp2/sp1 0.600× (0.524× without the dense mask)" in out
     assert "step time sp2/sp1 2.000× wall, 2.000× CPU (tokens/s per rank 0.250× wall)" in out
+
+
+def test_lora_benchmark_counts_what_each_outer_loop_trains_and_keeps(capsys):
+    from benchmarks import lora_benchmark
+
+    lora_benchmark.main(["--seq-len", "64", "--rounds", "1"])
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in capsys.readouterr().out.splitlines()}
+    full = lora_benchmark.build("full")
+    adapters = sum(p.numel() for p in lora_benchmark.build("LoRA").parameters() if p.requires_grad)
+    for variant in lora_benchmark.VARIANTS:
+        assert f"| {sum(p.numel() for p in full.parameters()):,} |" in rows[("full", variant)]
+        assert f"| {adapters:,} |" in rows[("LoRA", variant)] and f"| {adapters:,} |" in rows[("QLoRA", variant)]
+    # QLoRA keeps less training state than LoRA, which keeps less than full fine-tuning.
+    state = {outer: float(rows[(outer, "FocuSFT")].split("|")[4]) for outer in lora_benchmark.OUTER}
+    assert state["QLoRA"] < state["LoRA"] < state["full"]

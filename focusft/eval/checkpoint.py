@@ -3,7 +3,10 @@
 A directory written by the recipe (``FullModelHFCheckpointer``: sharded
 ``model-*.safetensors`` + index, ``config.json``, tokenizer files), a real
 Qwen2.5 download, and :func:`focusft.tiny.write_tiny_checkpoint` all share the
-HF layout. Everything is validated up front so a wrong directory fails with the
+HF layout. A LoRA adapter directory (PEFT's ``adapter_config.json`` +
+``adapter_model.safetensors``, as the recipe writes for a LoRA model) is read as its
+base model (``base_model_name_or_path``) with the adapter merged into the weights.
+Everything is validated up front so a wrong directory fails with the
 file and field at fault, not deep inside torchtune.
 """
 
@@ -11,18 +14,21 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torchtune import training
 from torchtune.models.qwen2_5._tokenizer import Qwen2_5Tokenizer
 from torchtune.modules import TransformerDecoder
 
 from focusft.eval.errors import CheckpointError, EvalError
+from focusft.lora import merge_peft_adapter
 from focusft.models import FAMILIES, ModelDims, ModelFamily, family_for_model_type
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")  # Qwen's; each family names its own
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # PEFT's file names
 # Llama 3's scaled RoPE as torchtune's Llama3ScaledRoPE computes it (only the factor is a parameter).
 _LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -56,6 +62,7 @@ class QwenCheckpoint:
     model_type: str = "qwen2"  # config.json model_type of a registered family (focusft.models)
     head_dim: int = 0  # 0: embed_dim // num_heads
     rope_factor: float = 1.0  # Llama 3's RoPE scale factor
+    adapter: Path | None = None  # a PEFT LoRA adapter directory merged into the weights on load
 
     @property
     def family(self) -> ModelFamily:
@@ -159,6 +166,8 @@ def read_checkpoint(checkpoint_dir: str | Path, tokenizer_dir: str | Path | None
     directory = Path(checkpoint_dir).expanduser()
     if not directory.is_dir():
         raise CheckpointError(f"Checkpoint directory {directory} does not exist (or is not a directory).")
+    if (directory / ADAPTER_CONFIG).is_file():
+        return _read_adapter(directory, tokenizer_dir)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{directory} has no config.json; is it a checkpoint directory (epoch_N/ or step_K/)?")
@@ -217,6 +226,22 @@ def read_checkpoint(checkpoint_dir: str | Path, tokenizer_dir: str | Path | None
     )
 
 
+def _read_adapter(directory: Path, tokenizer_dir: str | Path | None) -> QwenCheckpoint:
+    """A PEFT LoRA adapter directory: its base checkpoint (read as usual) plus the adapter to merge."""
+    config = _read_json(directory / ADAPTER_CONFIG)
+    if not (directory / ADAPTER_WEIGHTS).is_file():
+        raise CheckpointError(f"{directory} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}.")
+    base = config.get("base_model_name_or_path")
+    if not base or not Path(base).expanduser().is_dir():
+        raise CheckpointError(
+            f"{directory / ADAPTER_CONFIG}: field 'base_model_name_or_path' is {base!r}, not a local directory; "
+            "set it to the base model's checkpoint directory."
+        )
+    if tokenizer_dir is None and all((directory / name).is_file() for name in TOKENIZER_FILES):
+        tokenizer_dir = directory
+    return replace(read_checkpoint(base, tokenizer_dir), adapter=directory)
+
+
 def resolve_dtype(name: str, checkpoint: QwenCheckpoint) -> torch.dtype:
     """``"auto"`` is the checkpoint's own dtype (config.json ``torch_dtype``)."""
     key = checkpoint.dtype if name == "auto" else name
@@ -239,6 +264,13 @@ def load_model(
             output_dir=scratch,
         )
         state = checkpointer.load_checkpoint()[training.MODEL_KEY]
+    if checkpoint.adapter is not None:
+        try:
+            state = merge_peft_adapter(
+                state, load_file(checkpoint.adapter / ADAPTER_WEIGHTS), _read_json(checkpoint.adapter / ADAPTER_CONFIG)
+            )
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"The adapter in {checkpoint.adapter} cannot be merged: {err}") from None
     for name, tensor in state.items():  # a diverged run's weights would score 0 without a word
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(

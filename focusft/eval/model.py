@@ -153,6 +153,7 @@ class FocusftLM(TemplateLM):
     def get_model_info(self) -> dict[str, Any]:
         return {
             "checkpoint_dir": str(self.checkpoint.path.resolve()),
+            "adapter_dir": str(self.checkpoint.adapter.resolve()) if self.checkpoint.adapter else None,
             "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
             "model_dtype": str(self.dtype),
             "inference_time_adaptation": self.adaptation is not None,
