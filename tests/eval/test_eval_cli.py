@@ -96,10 +96,10 @@ def test_unknown_task_is_one_clear_line(tiny_dir, monkeypatch, capsys):
 
 
 def test_bad_checkpoint_is_one_clear_line(tmp_path, capsys):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral"}))
     assert main(["--suite", "offline", "--checkpoint_dir", str(tmp_path), "--lengths", "512"]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'config.json'}: field 'model_type' is 'llama'" in err and "Traceback" not in err
+    assert f"{tmp_path / 'config.json'}: field 'model_type' is 'mistral'" in err and "Traceback" not in err
 
 
 PAPER_DOWNLOADS = [*PAPER_BABILONG_TASKS, "niah_multivalue", *PAPER_LONGBENCH_TASKS, *PAPER_GPQA_TASKS]
