@@ -235,11 +235,9 @@ def hf_config(config: TinyQwenConfig, dtype: str = "float32", eos_token_id: int 
     }
 
 
-def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
-    """An HF-format Qwen2.5-architecture checkpoint directory of the tiny model and tokenizer."""
-    config = TinyQwenConfig()
-    out = write_tiny_tokenizer(out_dir, config.vocab_size, seed)
-    model = seeded_tiny_qwen2_5(seed)
+def write_model_files(out_dir: str | Path, model: TransformerDecoder, config: TinyQwenConfig) -> Path:
+    """``model.safetensors`` (HF names) and ``config.json`` of ``model`` beside its tokenizer files in ``out_dir``."""
+    out = Path(out_dir)
     state = qwen2_tune_to_hf(
         model.state_dict(),
         num_heads=config.num_heads,
@@ -252,6 +250,13 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     eos_id = next(t["id"] for t in eos["added_tokens"] if t["content"] == "<|im_end|>")
     (out / "config.json").write_text(json.dumps(hf_config(config, eos_token_id=eos_id), indent=2))
     return out
+
+
+def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
+    """An HF-format Qwen2.5-architecture checkpoint directory of the tiny model and tokenizer."""
+    config = TinyQwenConfig()
+    out = write_tiny_tokenizer(out_dir, config.vocab_size, seed)
+    return write_model_files(out, seeded_tiny_qwen2_5(seed), config)
 
 
 def main() -> None:
