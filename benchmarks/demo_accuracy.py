@@ -40,7 +40,8 @@ def main() -> int:
     for row in rows:
         print(
             f"{row['variant']:>15} {row['length']:>5} tokens: exact match {100 * row['accuracy']:5.1f} "
-            f"± {100 * row['stderr']:.1f}% (n={row['samples']}), step {row['step_seconds']:.2f} s"
+            f"± {100 * row['stderr']:.1f}% causal, {100 * row['bidir_accuracy']:5.1f} "
+            f"± {100 * row['bidir_stderr']:.1f}% bidir prefill (n={row['samples']}), step {row['step_seconds']:.2f} s"
         )
     return 0
 

@@ -306,10 +306,9 @@ def hf_config(config: TinyQwenConfig, dtype: str = "float32", eos_token_id: int 
     }
 
 
-def _write_tiny_qwen2_5(out_dir: str | Path, seed: int) -> Path:
-    config = TinyQwenConfig()
-    out = write_tiny_tokenizer(out_dir, config.vocab_size, seed)
-    model = seeded_tiny_qwen2_5(seed)
+def write_model_files(out_dir: str | Path, model: TransformerDecoder, config: TinyQwenConfig) -> Path:
+    """``model.safetensors`` (HF names) and ``config.json`` of ``model`` beside its tokenizer files in ``out_dir``."""
+    out = Path(out_dir)
     state = qwen2_tune_to_hf(
         model.state_dict(),
         num_heads=config.num_heads,
@@ -322,6 +321,12 @@ def _write_tiny_qwen2_5(out_dir: str | Path, seed: int) -> Path:
     eos_id = next(t["id"] for t in eos["added_tokens"] if t["content"] == "<|im_end|>")
     (out / "config.json").write_text(json.dumps(hf_config(config, eos_token_id=eos_id), indent=2))
     return out
+
+
+def _write_tiny_qwen2_5(out_dir: str | Path, seed: int) -> Path:
+    config = TinyQwenConfig()
+    out = write_tiny_tokenizer(out_dir, config.vocab_size, seed)
+    return write_model_files(out, seeded_tiny_qwen2_5(seed), config)
 
 
 # The tiny Qwen3: Qwen2.5's tiny dimensions with Qwen3's layout (head_dim 32 != 64 / 4 heads, tied embeddings).

@@ -82,15 +82,20 @@ def plot_profile(results: list[CheckpointResult], sample: AttentionSample, path:
 
 
 def plot_heatmaps(results: list[CheckpointResult], sample: AttentionSample, path: Path) -> str:
-    """Query x key attention of each checkpoint's heatmap layer (mean over heads, log colour), turns marked."""
+    """Query x key attention of each checkpoint's heatmap layer (mean over heads), turns marked.
+
+    One log colour scale for all panels, so that equal colours are equal attention across checkpoints.
+    """
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 5), squeeze=False, layout="constrained")
-    for ax, result in zip(axes[0], results):
+    heats = [result.metrics.heatmap.numpy() for result in results]
+    positive = np.concatenate([heat[heat > 0] for heat in heats])
+    top = float(positive.max()) if positive.size else 1.0
+    floor = max(float(positive.min()), top * 1e-6) if positive.size else 1e-9
+    norm = LogNorm(vmin=floor, vmax=top)
+    extent = (0, sample.seq_len, sample.seq_len, 0)
+    for ax, result, heat in zip(axes[0], results, heats):
         metrics = result.metrics
-        heat = metrics.heatmap.numpy()
-        positive = heat[heat > 0]
-        floor = max(float(positive.min()), float(positive.max()) * 1e-6) if positive.size else 1e-9
-        extent = (0, sample.seq_len, sample.seq_len, 0)
-        image = ax.imshow(np.clip(heat, floor, None), norm=LogNorm(vmin=floor), extent=extent, interpolation="nearest")
+        image = ax.imshow(np.clip(heat, floor, None), norm=norm, extent=extent, interpolation="nearest")
         for start in sample.turn_starts[1:]:
             ax.axhline(start, color="white", linewidth=0.4, alpha=0.7)
             ax.axvline(start, color="white", linewidth=0.4, alpha=0.7)
@@ -98,7 +103,7 @@ def plot_heatmaps(results: list[CheckpointResult], sample: AttentionSample, path
         ax.set_title(f"{result.label} ({result.mask}), layer {metrics.heatmap_layer}{pooled}", fontsize=9)
         ax.set_xlabel("key position")
         ax.set_ylabel("query position")
-        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.046, label="attention (shared scale)")
     return _save(fig, path)
 
 

@@ -8,6 +8,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
+from typing import Any
 
 _STEP_LINE = re.compile(r"Step (\d+) \| (.*)")
 _VALUE = re.compile(r"(\w+):(\S+)")
@@ -52,7 +53,13 @@ def inner_loss_drop(rows: list[dict[str, float]]) -> float | None:
 
 @dataclass(frozen=True)
 class Row:
-    """One (variant, length) cell group of the table; fractions in [0, 1]."""
+    """One (variant, length) cell group of the table; fractions in [0, 1].
+
+    ``accuracy``/``stderr``/``answered_place`` are answered causally (as the paper evaluates);
+    ``bidir_accuracy``/``bidir_stderr`` with the prompt prefilled with the training mask.
+    ``speed_reused``: the training stage was reused from an earlier demo run, so its speed was
+    measured then, under whatever load the machine had.
+    """
 
     variant: str
     length: int
@@ -60,10 +67,13 @@ class Row:
     stderr: float
     answered_place: float
     samples: int
+    bidir_accuracy: float
+    bidir_stderr: float
     sink_mass: float
     context_engagement: float
     step_seconds: float
     tokens_per_second: float
+    speed_reused: bool = False
 
 
 def eval_scores(eval_dir: Path) -> dict[int, tuple[float, float, float, int]]:
@@ -94,28 +104,80 @@ def attention_means(reports: list[Path]) -> dict[str, dict[str, float]]:
     return {label: {key: mean(f[key] for f in rows) for key in rows[0]} for label, rows in sums.items()}
 
 
+REUSED_MARK = "†"
+
+
 def markdown_table(rows: list[Row], titles: dict[str, str]) -> str:
     lines = [
-        "| variant | length (tokens) | exact match % ± stderr | answered a place % | n | sink mass % "
-        "| context engagement % | step time s | tokens/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | length (tokens) | exact match % ± stderr, causal | exact match % ± stderr, bidir prefill "
+        "| answered a place % | n | sink mass % | context engagement % | step time s | tokens/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        mark = REUSED_MARK if row.speed_reused else ""
         lines.append(
             f"| {titles.get(row.variant, row.variant)} | {row.length} "
             f"| {100 * row.accuracy:.1f} ± {100 * row.stderr:.1f} "
+            f"| {100 * row.bidir_accuracy:.1f} ± {100 * row.bidir_stderr:.1f} "
             f"| {100 * row.answered_place:.1f} | {row.samples} | {100 * row.sink_mass:.2f} "
-            f"| {100 * row.context_engagement:.1f} | {row.step_seconds:.2f} | {row.tokens_per_second:.0f} |"
+            f"| {100 * row.context_engagement:.1f} | {row.step_seconds:.2f}{mark} | {row.tokens_per_second:.0f}{mark} |"
+        )
+    if any(row.speed_reused for row in rows):
+        lines.append(
+            f"\n{REUSED_MARK} training stage reused from an earlier demo run: its speed was measured then, "
+            "under that run's load (see the stage times above)."
         )
     return "\n".join(lines) + "\n"
 
 
-def write_results(out_dir: Path, rows: list[Row], titles: dict[str, str], notes: list[str]) -> tuple[Path, Path]:
-    """``results.md`` (notes, then the table) and ``results.json``."""
+def summary(
+    rows: list[Row],
+    titles: dict[str, str],
+    base: dict[int, dict[str, float]],
+    inner_drops: dict[str, float | None],
+) -> dict[str, Any]:
+    """The figures of ``results.json`` by name: the base's attention, then per variant.
+
+    ``base_sink_mass`` is at the training length (the first eval length); every fraction is in [0, 1].
+    """
+    training_length = min(base)
+    variants: dict[str, Any] = {}
+    for row in rows:
+        entry = variants.setdefault(
+            row.variant,
+            {
+                "title": titles.get(row.variant, row.variant),
+                "inner_loss_reduction": inner_drops.get(row.variant),
+                "accuracy": {},
+                "sink_mass": {},
+                "context_engagement": {},
+                "step_seconds": row.step_seconds,
+                "tokens_per_second": row.tokens_per_second,
+                "speed_reused": row.speed_reused,
+            },
+        )
+        entry["accuracy"][str(row.length)] = {
+            "causal": {"exact_match": row.accuracy, "stderr": row.stderr},
+            "bidir_context": {"exact_match": row.bidir_accuracy, "stderr": row.bidir_stderr},
+        }
+        entry["sink_mass"][str(row.length)] = row.sink_mass
+        entry["context_engagement"][str(row.length)] = row.context_engagement
+    return {
+        "base_sink_mass": base[training_length]["sink_mass"],
+        "base_context_engagement": base[training_length]["context_engagement"],
+        "base": {str(length): figures for length, figures in base.items()},
+        "variants": variants,
+    }
+
+
+def write_results(
+    out_dir: Path, rows: list[Row], titles: dict[str, str], notes: list[str], figures: dict[str, Any]
+) -> tuple[Path, Path]:
+    """``results.md`` (notes, then the table) and ``results.json`` (``figures``, notes and rows)."""
     md = out_dir / "results.md"
     md.write_text("# FocuSFT demo\n\n" + "".join(f"{n}\n" for n in notes) + "\n" + markdown_table(rows, titles))
     js = out_dir / "results.json"
-    js.write_text(json.dumps({"notes": notes, "rows": [asdict(r) for r in rows]}, indent=1))
+    js.write_text(json.dumps({**figures, "notes": notes, "rows": [asdict(r) for r in rows]}, indent=1))
     return md, js
 
 

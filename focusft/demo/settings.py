@@ -59,19 +59,28 @@ SIZES: dict[str, DemoSize] = {
 # The paper's fast weights: rank 32, alpha 64, inner lr 1.0 on Qwen2.5-7B (hidden size 3584).
 PAPER_DIM, PAPER_RANK, PAPER_ALPHA, PAPER_INNER_LR = 3584, 32, 64, 1.0
 
+# Inference masks the demo scores every variant with (focusft lm-eval backend's ``attention``).
+INFERENCE_MASKS: tuple[str, ...] = ("causal", "bidir_context")
+
 
 @dataclass(frozen=True)
 class FastWeightScale:
     rank: int
     alpha: float
     inner_lr: float
+    layer_fraction: float = 0.35
 
     def overrides(self) -> list[str]:
-        return [f"focusft.rank={self.rank}", f"focusft.alpha={self.alpha:g}", f"focusft.inner_lr={self.inner_lr:.4g}"]
+        return [
+            f"focusft.rank={self.rank}",
+            f"focusft.alpha={self.alpha:g}",
+            f"focusft.inner_lr={self.inner_lr:.4g}",
+            f"focusft.layer_fraction={self.layer_fraction:g}",
+        ]
 
 
 def scaled_fast_weights(dim: int = TinyQwenConfig().embed_dim) -> FastWeightScale:
-    """The paper's fast weights, sized for a model of hidden size ``dim``.
+    """The paper's fast weights, sized for a model of hidden size ``dim`` (too weak at width 64: see README).
 
     - rank in proportion to the width (32 of 3584 is 0.9%; at least 1);
     - alpha / rank, the LoRA scale, kept at 2;
@@ -83,3 +92,9 @@ def scaled_fast_weights(dim: int = TinyQwenConfig().embed_dim) -> FastWeightScal
     return FastWeightScale(
         rank=rank, alpha=PAPER_ALPHA / PAPER_RANK * rank, inner_lr=PAPER_INNER_LR * math.sqrt(dim / PAPER_DIM)
     )
+
+
+# The demo's fast weights: still the paper's, scaled. No setting of benchmarks/inner_loop_sweep.py
+# was shown to meet both of issue 22's criteria (inner loop lowers the answer loss >= 10% on average,
+# plain model >= 90% exact): inner lr 1.0 did the first and broke the second (README, "The demo").
+DEMO_FAST_WEIGHTS = scaled_fast_weights()

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 MARKER = "stage.json"
+TIMING = "stage_time.json"  # beside the marker, not in it: a reused stage keeps the time of the run that made it
 
 
 class StageError(RuntimeError):
@@ -53,6 +56,7 @@ def run_stage(stage: Stage, log_dir: Path, echo: bool = True, force: bool = Fals
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{stage.name}.log"
     print(f"[{stage.name}] running (log: {log})", flush=True)
+    started, load, cpu = time.time(), os.getloadavg()[0], _children_cpu_seconds()
     with log.open("wb") as handle:
         handle.write((" ".join(stage.command) + "\n").encode())
         handle.flush()
@@ -73,5 +77,23 @@ def run_stage(stage: Stage, log_dir: Path, echo: bool = True, force: bool = Fals
     if returncode != 0:
         raise StageError(f"{program} stage '{stage.name}' failed (exit code {returncode}); see its log: {log}")
     stage.output.mkdir(parents=True, exist_ok=True)
+    timing = {
+        "seconds": round(time.time() - started, 1),
+        "cpu_seconds": round(_children_cpu_seconds() - cpu, 1),  # all its processes: the cost on a quiet machine
+        "load_average": round((load + os.getloadavg()[0]) / 2, 2),  # 1-minute load, mean of start and end
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    (stage.output / TIMING).write_text(json.dumps(timing))
     (stage.output / MARKER).write_text(json.dumps(stage.settings, indent=1))
     return True
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def stage_timing(output: Path) -> dict[str, Any] | None:
+    """The wall time, load and finishing time the stage that wrote ``output`` recorded (None: not recorded)."""
+    path = output / TIMING
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -16,6 +16,7 @@ from torchtune.generation import get_position_ids_from_padding_mask
 from torchtune.modules import TransformerDecoder, local_kv_cache
 
 from focusft.fast_weights import FastWeights, run_layer
+from focusft.masks import TokenLayout, dense_mask
 
 LayerFastWeights = dict[int, FastWeights]
 
@@ -84,12 +85,18 @@ def greedy_generate(
     is_done: Callable[[list[int]], bool] | None = None,
     prefill_chunk: int = 4096,
     fast_weights: LayerFastWeights | None = None,
+    context: Sequence[Sequence[bool]] | None = None,
 ) -> list[list[int]]:
     """Greedy continuations of left-padded ``prompts`` with a KV cache.
 
     A row stops at a token in ``stop_token_ids`` (not returned) or when
     ``is_done(generated_tokens)`` is true (the tokens so far are returned, for the
     caller to cut the text at its stop sequence). The batch stops when all rows have.
+
+    ``context`` (one flag per prompt token, True: context as in training) prefills the
+    prompts with the training mask's ``bidir_context`` mode in one chunk, since a context
+    token sees the later tokens of its turn (docs/DESIGN.md section 3b, "Inference with the
+    training mask"); the new tokens stay causal. Default: the prompts causal too.
     """
     if max_new_tokens < 1:
         return [[] for _ in prompts]
@@ -104,6 +111,10 @@ def greedy_generate(
         valid[row, :pad] = False
     positions = get_position_ids_from_padding_mask(valid).long()
     slots = torch.arange(total, device=device)
+    prefill_mask = None
+    if context is not None:
+        prefill_mask = _bidir_prefill_mask(prompts, context, valid[:, :prompt_len], total)
+        prefill_chunk = prompt_len
 
     def step(chunk: torch.Tensor, start: int) -> torch.Tensor:
         """Run cache slots ``start .. start+len-1``; returns the next token of each row."""
@@ -112,6 +123,8 @@ def greedy_generate(
         # so a padding query has a non-empty row and cannot produce NaN.
         mask = (slots[None, None, :] <= query_slots[None, :, None]) & valid[:, None, :]
         mask |= slots[None, None, :] == query_slots[None, :, None]
+        if prefill_mask is not None and start == 0:
+            mask = prefill_mask
         hidden = final_hidden(
             model,
             chunk,
@@ -141,3 +154,24 @@ def greedy_generate(
                 break
             next_tokens = step(next_tokens[:, None], prompt_len + index)
     return generated
+
+
+def _bidir_prefill_mask(
+    prompts: Sequence[Sequence[int]], context: Sequence[Sequence[bool]], valid: torch.Tensor, total: int
+) -> torch.Tensor:
+    """Bool ``[b, prompt_len, total]``: the training mask's ``bidir_context`` mode over the left-padded prompts.
+
+    Built from the same ``mask_mod`` as training (``focusft.masks``); padding is an invalid token,
+    and cache slots after the prompt (not yet written) are hidden.
+    """
+    if len(context) != len(prompts) or any(len(c) != len(p) for c, p in zip(context, prompts)):
+        raise ValueError("greedy_generate: context needs one flag per prompt token.")
+    batch_size, prompt_len = valid.shape
+    flags = torch.zeros((batch_size, prompt_len), dtype=torch.bool, device=valid.device)
+    for row, row_flags in enumerate(context):
+        if row_flags:
+            flags[row, prompt_len - len(row_flags) :] = torch.as_tensor(list(row_flags), device=valid.device)
+    layout = TokenLayout(context=flags, doc=torch.zeros_like(flags, dtype=torch.long), valid=valid)
+    mask = torch.zeros((batch_size, prompt_len, total), dtype=torch.bool, device=valid.device)
+    mask[:, :, :prompt_len] = dense_mask(layout, "bidir_context")
+    return mask

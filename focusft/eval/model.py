@@ -28,7 +28,9 @@ from focusft.eval.adaptation import AdaptationConfig, adapt_on_prompt
 from focusft.eval.checkpoint import load_model, load_tokenizer, read_checkpoint, resolve_dtype
 from focusft.eval.decoding import LayerFastWeights, greedy_generate, score_continuations
 from focusft.eval.errors import EvalError
+from focusft.eval.prompt_mask import prompt_context
 from focusft.fast_weights import FastWeightConfig, attach_fast_weight_slots
+from focusft.masks import MASK_MODES
 from focusft.models import family_for_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,9 @@ class FocusftLM(TemplateLM):
         adapt: inference-time adaptation (paper Appendix B.3): one inner step on each prompt.
         adapt_lr, adapt_grad_clip, adapt_rank, adapt_alpha, adapt_layer_fraction, adapt_seed:
             its inner-loop hyperparameters (paper Table 5 defaults) and the seed that draws A.
+        attention: ``causal`` (default, as the paper evaluates) or ``bidir_context``: the prompt's
+            context turns prefilled with FocuSFT's training mask, generation causal
+            (docs/DESIGN.md section 3b, "Inference with the training mask"; ``generate_until`` only).
     """
 
     def __init__(
@@ -92,8 +97,14 @@ class FocusftLM(TemplateLM):
         adapt_alpha: float = 64.0,
         adapt_layer_fraction: float = 0.35,
         adapt_seed: int = 0,
+        attention: str = "causal",
     ) -> None:
         super().__init__()
+        if attention not in MASK_MODES:
+            raise EvalError(f"attention={attention!r} is not a mask mode; choose one of {', '.join(MASK_MODES)}.")
+        if attention != "causal" and adapt:
+            raise EvalError("attention=bidir_context with adapt=true is not supported (adaptation is causal).")
+        self.attention = attention
         self.checkpoint = read_checkpoint(checkpoint_dir, tokenizer)
         self._batch_size = _positive_int("batch_size", batch_size)
         self._max_length = _positive_int("max_length", max_length or self.checkpoint.max_position_embeddings)
@@ -157,6 +168,7 @@ class FocusftLM(TemplateLM):
             "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
             "model_dtype": str(self.dtype),
             "inference_time_adaptation": self.adaptation is not None,
+            "attention": self.attention,
         }
 
     # ---- tokenization and chat template -------------------------------------------------------
@@ -223,6 +235,11 @@ class FocusftLM(TemplateLM):
         return tokens[-(self.max_length + 1) :]
 
     def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        if self.attention != "causal":
+            raise EvalError(
+                f"attention={self.attention} applies to generation (generate_until) only; "
+                "score loglikelihood tasks with attention=causal."
+            )
         collator = Collator(requests, sort_fn=lambda req: (-len(req[1] + req[2]), tuple(req[1] + req[2])))
         batch_size = 1 if self.adaptation is not None else self.batch_size
         results = []
@@ -295,6 +312,7 @@ class FocusftLM(TemplateLM):
                     is_done=self._stop_sequence_check(until),
                     prefill_chunk=self.prefill_chunk_size,
                     fast_weights=self._adapted(prompts[0]) if self.adaptation is not None else None,
+                    context=[self._context_flags(p) for p in prompts] if self.attention != "causal" else None,
                 )
                 for context, gen_kwargs, tokens in zip(contexts, all_kwargs, outputs):
                     text = postprocess_generated_text(self.tok_decode(tokens), stop=until, think_end_token=None)
@@ -302,6 +320,14 @@ class FocusftLM(TemplateLM):
                     results.append(text)
                     bar.update(1)
         return collator.get_original(results)
+
+    @cached_property
+    def _assistant_header(self) -> list[int]:
+        return [self.tokenizer.im_start_id, *self.tok_encode("assistant\n")]
+
+    def _context_flags(self, prompt: list[int]) -> list[bool]:
+        """Training's context flags of the prompt (after any left truncation)."""
+        return prompt_context(prompt, self._assistant_header, self.tokenizer.im_end_id)
 
     def _stop_sequence_check(self, until: list[str]):
         """Whether generated tokens already contain a stop sequence (special tokens included)."""

@@ -18,32 +18,42 @@ REPO = Path(__file__).resolve().parents[2]
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "smoke"
     command = [sys.executable, "-m", "focusft.demo", "--size", "smoke", "--output-dir", str(out)]
-    first = subprocess.run([*command, "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    first = subprocess.run([*command, "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     again = subprocess.run([*command, "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300)
     return out, first, again
 
 
 def test_the_table_has_a_row_per_variant_and_length_with_numbers_in_range(smoke):
-    out, first, _ = smoke
+    out, first, again = smoke  # the files are the second run's, which reused every stage
     size = SIZES["smoke"]
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert sorted((r["variant"], r["length"]) for r in rows) == sorted(
         (v, length) for v in DEFAULT_VARIANTS for length in size.eval_tokens
     )
+    results = json.loads((out / "results.json").read_text())
     for row in rows:
         assert row["samples"] == size.eval_samples
-        for key in ("accuracy", "answered_place", "sink_mass", "context_engagement"):
+        for key in ("accuracy", "bidir_accuracy", "answered_place", "sink_mass", "context_engagement"):
             assert 0.0 <= row[key] <= 1.0, (key, row)
         # Bernoulli standard error of a mean of n samples: sqrt(p (1 - p) / (n - 1)).
-        p, n = row["accuracy"], row["samples"]
-        assert row["stderr"] == pytest.approx((p * (1 - p) / (n - 1)) ** 0.5, abs=1e-9)
-        assert row["step_seconds"] > 0 and row["tokens_per_second"] > 0
-    notes = json.loads((out / "results.json").read_text())["notes"]
+        for accuracy, stderr in (("accuracy", "stderr"), ("bidir_accuracy", "bidir_stderr")):
+            p, n = row[accuracy], row["samples"]
+            assert row[stderr] == pytest.approx((p * (1 - p) / (n - 1)) ** 0.5, abs=1e-9)
+        assert row["step_seconds"] > 0 and row["tokens_per_second"] > 0 and row["speed_reused"]
+        by_mask = results["variants"][row["variant"]]["accuracy"][str(row["length"])]
+        assert by_mask["causal"]["exact_match"] == row["accuracy"]
+        assert by_mask["bidir_context"]["exact_match"] == row["bidir_accuracy"]
+    assert 0.0 < results["base_sink_mass"] < 1.0
+    assert results["base_sink_mass"] == results["base"][str(size.eval_tokens[0])]["sink_mass"]
+    assert results["variants"]["sft"]["inner_loss_reduction"] is None
+    assert isinstance(results["variants"]["focusft"]["inner_loss_reduction"], float)
+    notes = results["notes"]
     assert any(note.startswith("Inner loop: ") and "(FocuSFT)" in note for note in notes)
     table = (out / "results.md").read_text()
     assert table.count("\n| ") == 1 + len(rows)  # header and one line per row
-    assert table in first.stdout
+    assert table in again.stdout
+    assert "| Standard SFT | 256 |" in first.stdout and "†" not in first.stdout  # the first run trained
     assert f"Demo results (table, plots, logs) in {out}" in first.stdout
     for plot in ("loss_curves.png", "accuracy_by_length.png", "attention_budget.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
@@ -63,6 +73,7 @@ def test_a_second_run_reuses_every_stage(smoke):
     stages = [line.split("]")[0] + "]" for line in first.stdout.splitlines() if line.startswith("[")]
     assert stages and all(f"{stage} reusing" in again.stdout for stage in stages)
     assert "running" not in again.stdout
+    assert "† training stage reused from an earlier demo run" in again.stdout  # its speed is marked as such
 
 
 def test_a_failed_stage_is_one_line_naming_it_and_its_log(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from focusft.demo.results import Speed, inner_loss_drop, read_metrics
+from focusft.demo.results import Row, Speed, inner_loss_drop, markdown_table, read_metrics, summary
 
 LOG = """Step 1 | loss:2.0 lr:0.0 tokens_per_second_per_gpu:100.0 step_seconds:3.0 inner_loss_before_0:2.0 \
 inner_loss_after_0:1.5 inner_loss_before_1:1.5 inner_loss_after_1:1.0
@@ -24,3 +24,25 @@ def test_metric_log_speed_and_inner_loop(tmp_path):
     assert speed.tokens_per_second == pytest.approx(2 * (300 + 500) / 2)
     assert inner_loss_drop(rows) == pytest.approx((0.5 + 0.25 + 0.0) / 3)
     assert inner_loss_drop([{"step": 1.0, "loss": 1.0}]) is None
+
+
+def _row(variant, length, reused=False):
+    return Row(variant, length, 0.9, 0.02, 1.0, 200, 0.8, 0.03, 0.25, 0.9, 0.5, 1000.0, speed_reused=reused)
+
+
+def test_table_marks_reused_speeds_and_summary_holds_the_named_figures():
+    titles = {"sft": "Standard SFT", "focusft": "FocuSFT"}
+    rows = [_row("sft", 256, reused=True), _row("sft", 512, reused=True), _row("focusft", 256)]
+    table = markdown_table(rows, titles)
+    assert table.count("0.50† | 1000† |") == 2 and table.count("0.50 | 1000 |") == 1
+    assert "† training stage reused from an earlier demo run" in table
+    assert "† training stage reused" not in markdown_table(rows[2:], titles)
+    base = {512: {"sink_mass": 0.3, "context_engagement": 0.5}, 256: {"sink_mass": 0.4, "context_engagement": 0.4}}
+    figures = summary(rows, titles, base, {"sft": None, "focusft": 0.12})
+    assert figures["base_sink_mass"] == 0.4  # at the training length, the shortest
+    assert figures["variants"]["focusft"]["inner_loss_reduction"] == 0.12
+    assert figures["variants"]["sft"]["inner_loss_reduction"] is None
+    assert figures["variants"]["sft"]["accuracy"]["512"] == {
+        "causal": {"exact_match": 0.9, "stderr": 0.02},
+        "bidir_context": {"exact_match": 0.8, "stderr": 0.03},
+    }

@@ -1,0 +1,64 @@
+"""The demo base's pre-training text and script, and the shipped base."""
+
+import json
+import random
+import re
+
+import pytest
+
+from focusft.demo import shipped_base
+from focusft.demo.pretrain import ASSISTANT_HEADER, SYSTEM_PREFIX, Corpus, StoryWriter, main
+from focusft.eval.checkpoint import read_checkpoint
+from focusft.tiny import write_tiny_tokenizer
+
+
+def test_back_references_copy_the_place_the_person_last_went_to():
+    writer = StoryWriter(random.Random(3))
+    where, seen = {}, 0
+    for _ in range(400):
+        sentence = writer.sentence()
+        move = re.fullmatch(r"(\w+) (?:went|moved|travelled|journeyed) to the (\w+)\.", sentence)
+        back = re.fullmatch(r"[\w ]+, (\w+) (?:left|stayed in|cleaned|waited in|looked around) the (\w+)\.", sentence)
+        if move:
+            where[move[1]] = move[2]
+        elif back:
+            assert where[back[1]] == back[2]
+            seen += 1
+        assert "Where is" not in sentence  # never the demo's question
+    assert seen > 20
+
+
+def test_rows_open_with_the_fixed_header_and_have_at_most_one_assistant_turn(tmp_path):
+    write_tiny_tokenizer(tmp_path)
+    corpus = Corpus(tmp_path / "tokenizer.json", 128, seed=0)
+    prefix, header = corpus.encode(SYSTEM_PREFIX), corpus.encode(ASSISTANT_HEADER)
+    batch = corpus.batch(32)
+    assert batch.shape == (32, 129)
+    turns = []
+    for row in batch.tolist():
+        assert row[: len(prefix)] == prefix
+        turns.append(sum(row[i : i + len(header)] == header for i in range(len(row))))
+    assert set(turns) <= {0, 1} and sum(turns) > 16  # a row may end before its assistant turn
+
+
+def test_a_short_run_writes_a_loadable_base_and_its_sink_log(tmp_path):
+    out = tmp_path / "base"
+    main([str(out), "--steps", "2", "--measure-every", "1", "--measure-samples", "1", "--seq-len", "64",
+          "--batch-size", "2", "--threads", "1"])  # fmt: skip
+    records = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
+    assert records[0]["settings"]["steps"] == "2"
+    assert [r["step"] for r in records[1:]] == [0, 1, 2]
+    for record in records[1:]:
+        assert 0 < record["sink_mass"] < 1 and len(record["sink_mass_per_layer"]) == 4
+    assert read_checkpoint(out).num_layers == 4
+    assert not shipped_base.missing_files(out)
+
+
+def test_the_shipped_base_is_complete_and_installs(tmp_path):
+    assert not shipped_base.missing_files()
+    assert read_checkpoint(shipped_base.SHIPPED_BASE).num_layers == 4
+    shipped_base.install(tmp_path / "copy")
+    assert shipped_base.fingerprint(tmp_path / "copy") == shipped_base.fingerprint()
+    missing = "FocuSFT demo error: the shipped base .* lacks config.json, model.safetensors"
+    with pytest.raises(FileNotFoundError, match=missing):
+        shipped_base.install(tmp_path / "again", base=tmp_path / "nowhere")
