@@ -1,8 +1,8 @@
 """The README's commands as a newcomer runs them: in the venv, writing where git ignores it, reading what was written.
 
 Checkpoint paths in the README must be ones its training commands write: the 7B config's
-``output_dir`` with one ``epoch_E`` per epoch (E from 0), the four-variant loop's output
-directories, or the demo's runs.
+``output_dir`` (or its LoRA config's) with one ``epoch_E`` per epoch (E from 0), the four-variant
+loop's output directories, or the demo's runs.
 """
 
 import re
@@ -29,6 +29,8 @@ def written_checkpoints() -> set[str]:
     config = OmegaConf.load(ROOT / "configs/qwen2_5/7B_focusft.yaml")
     epochs = range(config.epochs)
     paths = {f"{config.output_dir}/epoch_{e}" for e in epochs}
+    lora = OmegaConf.load(ROOT / "configs/qwen2_5/7B_focusft_lora.yaml")
+    paths |= {f"{lora.output_dir}/epoch_{e}" for e in range(lora.epochs)}
     # The four-variant loop's output_dir, for each (bilevel, attention) of the table.
     loop = "output_dir=/tmp/focusft-7B-bilevel_$1-$2"
     assert loop in README
