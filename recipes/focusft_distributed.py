@@ -43,6 +43,7 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 from torchtune.training.lr_schedulers import get_lr
 from tqdm import tqdm
 
+from focusft.activation_memory import ActivationOffload, inner_checkpoint_mode
 from focusft.analysis.probe import AttentionProbe, AttentionProbeConfig
 from focusft.batch import prepare_batch
 from focusft.bilevel import bilevel_step
@@ -67,6 +68,7 @@ from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask
 from focusft.run_guard import REPORTED_ERROR_EXIT_CODE, exit_when_launcher_dies, lock_output_dir
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
+from focusft.tiled_ffn import apply_tiled_ffn
 
 log = utils.get_logger("INFO")
 T = TypeVar("T")
@@ -267,8 +269,13 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             decoder,
             slots,
             activation_checkpointing=cfg.get("enable_activation_checkpointing", False),
-            inner_activation_checkpointing=cfg.get("enable_inner_activation_checkpointing", False),
+            inner_checkpointing=inner_checkpoint_mode(
+                cfg.get("enable_activation_checkpointing", False),
+                cfg.get("enable_inner_activation_checkpointing", False),
+            ),
+            offload=ActivationOffload(self.device) if cfg.get("enable_activation_offloading", False) else None,
         )
+        apply_tiled_ffn(decoder, cfg.get("ffn_tile_tokens"))
         if self.mask_kind == "block":
             compile_flex_attention_for_all_lengths()
         if cfg.get("compile", False):
