@@ -9,7 +9,7 @@ from torch.func import functional_call
 from benchmarks.memory import peak_memory_growth
 from focusft import documents as documents_module
 from focusft.activation_memory import ActivationOffload, inner_checkpoint_mode, run_checkpointed
-from focusft.bilevel import InnerLoopConfig, bilevel_step
+from focusft.bilevel import InnerLoopConfig
 from focusft.documents import Documents
 from focusft.fast_weights import FastWeightConfig, attach_fast_weight_slots
 from focusft.masks import dense_mask, document_positions
@@ -17,6 +17,7 @@ from focusft.split_decoder import SplitDecoder
 from focusft.tiled_ffn import TiledFeedForward, apply_tiled_ffn
 from focusft.tiny import seeded_tiny_qwen2_5
 from tests.layouts import documents_layout, shifted_labels
+from tests.test_bilevel import packed_step
 
 FAST = FastWeightConfig(rank=4, alpha=8.0, layer_fraction=0.5)
 INNER = InnerLoopConfig(steps=2, lr=1.0, grad_clip=0.05)
@@ -54,17 +55,8 @@ def run(model, slots, routing="chunks", mode="bidir_context"):
     tokens, labels, layout = batch(routing)
     documents = Documents.from_layout(layout)
     assert documents.routing == routing
-    result = bilevel_step(
-        model,
-        slots,
-        tokens,
-        labels,
-        mask=dense_mask(layout, mode),
-        input_pos=document_positions(layout.doc),
-        inner=INNER,
-        documents=documents,
-        initial_fast_weights=nonzero_fast_weights(slots, documents.count),
-    )
+    fast = nonzero_fast_weights(slots, documents.count)
+    result = packed_step(model, slots, tokens, labels, layout, mode, INNER, fast)
     (result.loss / result.num_tokens).backward()
     return result, {n: p.grad for n, p in model.named_parameters()}
 
