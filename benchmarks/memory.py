@@ -20,7 +20,9 @@ class TensorMemoryTracker(TorchDispatchMode):
     """``with TensorMemoryTracker() as m: ...`` then ``m.peak``: the most bytes alive at once.
 
     Only storages made by operators inside the block count (parameters that existed
-    before do not), so ``peak`` is the block's memory growth. Python-level dispatch on
+    before do not, nor views of them), so ``peak`` is the block's memory growth. Works
+    on fake tensors too (benchmarks/memory_estimate.py): storages are told apart by
+    their ``StorageImpl``, not by their data pointer. Python-level dispatch on
     every operator makes the block slower: measure memory and time in separate runs.
     """
 
@@ -32,9 +34,18 @@ class TensorMemoryTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # A view of an input (a parameter's transpose) shares its storage: it is not new memory
+        # unless that storage was made inside the block (then it is tracked already).
+        inputs = {
+            t.untyped_storage()._cdata
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor) and t.device.type != "meta"
+        }
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                self._track(t.untyped_storage())
+                storage = t.untyped_storage()
+                if storage._cdata not in inputs:
+                    self._track(storage)
         return out
 
     def _track(self, storage: torch.UntypedStorage) -> None:

@@ -11,7 +11,15 @@ import torch
 from safetensors.torch import save_file
 from torchtune import training
 from torchtune.models.qwen2 import qwen2_tune_to_hf
-from torchtune.models.qwen2_5 import qwen2_5_1_5b_base, qwen2_5_7b_base
+from torchtune.models.qwen2_5 import (
+    qwen2_5_0_5b,
+    qwen2_5_1_5b_base,
+    qwen2_5_3b,
+    qwen2_5_7b_base,
+    qwen2_5_14b_base,
+    qwen2_5_32b_base,
+    qwen2_5_72b_base,
+)
 from torchtune.modules import TransformerDecoder
 
 from focusft.tiny import TinyQwenConfig, hf_config, tiny_qwen2_5, write_tiny_tokenizer
@@ -43,6 +51,15 @@ PRESETS: dict[str, Preset] = {
     ),
     "qwen2.5-7b": Preset("qwen2.5-7b", qwen2_5_7b_base, 152064, (4096, 16384, 32768, 65536), "bf16", "cuda", 3, 1),
 }
+# The other sizes, for the memory estimate (benchmarks/max_seq_len.py --estimate) and GPU runs.
+for _name, _build, _vocab in (
+    ("qwen2.5-0.5b", qwen2_5_0_5b, 151936),
+    ("qwen2.5-3b", qwen2_5_3b, 151936),
+    ("qwen2.5-14b", qwen2_5_14b_base, 152064),
+    ("qwen2.5-32b", qwen2_5_32b_base, 152064),
+    ("qwen2.5-72b", qwen2_5_72b_base, 152064),
+):
+    PRESETS[_name] = Preset(_name, _build, _vocab, (4096, 16384), "bf16", "cuda", 3, 1)
 
 
 def build_model(preset: Preset, device: torch.device | str, dtype: torch.dtype, seed: int = 0) -> TransformerDecoder:

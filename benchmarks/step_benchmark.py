@@ -36,8 +36,12 @@ from focusft.fast_weights import FastWeightConfig, FastWeightSlots, attach_fast_
 from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask, document_positions
 from focusft.split_decoder import SplitDecoder, shard_split_decoder
+from focusft.tiled_ffn import apply_tiled_ffn
 
-AC_MODES = ("off", "on", "on+inner")
+# Activation checkpointing of the trunk and outer pass, and what the inner passes keep
+# (focusft.activation_memory): "on" is the recipe's default with checkpointing on.
+AC_MODES = ("off", "on", "on+inner", "on+no-inner")
+INNER_CHECKPOINTING = {"off": "none", "on": "selective", "on+inner": "full", "on+no-inner": "none"}
 VARIANTS = ("Standard SFT", "SFT+Bidir", "Causal Bilevel", "FocuSFT", "FocuSFT straightforward")
 # (bilevel, attention) of each variant; the straightforward one is FocuSFT computed as the paper's code does.
 VARIANT_SETTINGS = {
@@ -53,6 +57,7 @@ TIME_TARGET_AC_ON_GPU = 1.35
 TIME_TARGET_AC_OFF = 1.50
 STRAIGHTFORWARD_TARGET = 0.80
 MEMORY_TARGET = 1.15
+BIDIR_TIME_TARGET_AC_ON = 1.60  # issue 17: FocuSFT / SFT+Bidir CPU time, the dense-mask cost factored out
 
 
 @dataclass
@@ -205,10 +210,11 @@ def cost_model(inner_steps: int, fraction: float, ac: str) -> float:
 
     SFT: 3 per layer (4 with checkpointing: one more forward). FocuSFT adds, per inner
     step and adapted layer, a forward and an input-gradient-only backward (1 + 1), and
-    one more forward when the inner passes are checkpointed too (``on+inner``).
+    one more forward when the inner passes are checkpointed (``on``: all of it but the
+    attention, counted as a whole forward here; ``on+inner``: the whole forward).
     """
     sft = 3.0 if ac == "off" else 4.0
-    inner = 3.0 if ac == "on+inner" else 2.0
+    inner = 2.0 if INNER_CHECKPOINTING[ac] == "none" else 3.0
     return 1 + inner * inner_steps * fraction / sft
 
 
@@ -224,7 +230,7 @@ def setup_distributed(device: torch.device) -> None:
 
 def run_cell(args, preset: Preset, model: SplitDecoder, slots, seq_len: int, ac: str, device, results) -> None:
     model.activation_checkpointing = ac != "off"
-    model.inner_activation_checkpointing = ac == "on+inner"
+    model.inner_checkpointing = INNER_CHECKPOINTING[ac]
     tokens, labels, layout = synthetic_batch(seq_len, preset.vocab_size, seed=seq_len, device=device)
     layout = layout.to(device)
     setting = Setting(
@@ -274,7 +280,8 @@ def report(args, preset: Preset, fraction: float, results) -> str:
     on_cpu = device.type == "cpu"
     lines = [
         f"### Step benchmark: preset `{preset.name}`, {preset.dtype}, K={args.inner_steps}, "
-        f"adapted layer fraction f={fraction:.3f}",
+        f"adapted layer fraction f={fraction:.3f}"
+        + (f", FFN in tiles of {args.ffn_tile_tokens} positions" if args.ffn_tile_tokens else ""),
         "",
         "| length | AC | variant | median s/step | spread (min–max) | "
         + ("CPU s/step | " if on_cpu else "")
@@ -321,6 +328,15 @@ def report(args, preset: Preset, fraction: float, results) -> str:
                         MEMORY_TARGET,
                     )
                 )
+            bidir = cell.get("SFT+Bidir")
+            if ac == "on" and bidir and not bidir.error:
+                checks.append(
+                    (
+                        f"{seq_len}, AC {ac}: FocuSFT / SFT+Bidir time",
+                        focus.cost(device) / bidir.cost(device),
+                        BIDIR_TIME_TARGET_AC_ON,
+                    )
+                )
             slow = cell.get("FocuSFT straightforward")
             if slow and not slow.error:
                 checks.append(
@@ -348,7 +364,7 @@ def report(args, preset: Preset, fraction: float, results) -> str:
         "included; the optimizer step, the same for every variant, left out). CPU: live tensor storages "
         "(benchmarks/memory.py); CUDA: max_memory_allocated.",
     ]
-    lines += ["", "Targets (issue 11):", "", "| check | measured | target | |", "|---|---|---|---|"]
+    lines += ["", "Targets (issues 11 and 17):", "", "| check | measured | target | |", "|---|---|---|---|"]
     lines += [
         f"| {name} | {value:.3f}× | ≤ {limit:.2f}× | {'pass' if value <= limit else 'FAIL'} |"
         for name, value, limit in checks
@@ -357,8 +373,9 @@ def report(args, preset: Preset, fraction: float, results) -> str:
         "",
         "Cost model: a layer's forward = 1, its backward = 2; SFT = 3 per layer (4 with activation "
         "checkpointing), FocuSFT adds 2·K·f (each inner step: forward + input-gradient backward of the "
-        "adapted layers), so FocuSFT/SFT = 1 + 2·K·f/3 without and 1 + K·f/2 with checkpointing (1 + 3·K·f/4 "
-        "when the inner passes are checkpointed too: one more forward each). It leaves "
+        "adapted layers), so FocuSFT/SFT = 1 + 2·K·f/3 without and 1 + K·f/2 with checkpointing when the inner "
+        "passes keep everything (on+no-inner), 1 + 3·K·f/4 when they are checkpointed (on: selectively, "
+        "counted as one more whole forward each; on+inner). It leaves "
         "out the embedding, the output projection and loss (response tokens only, K+1 times in FocuSFT), the "
         "mask, the fast-weight update and the optimizer; the breakdown above shows what those cost here.",
     ]
@@ -374,8 +391,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=AC_MODES,
         nargs="+",
         default=["on", "off"],
-        help="activation checkpointing: off, on (trunk and outer pass), on+inner (inner passes too)",
+        help="activation checkpointing: off; on (trunk and outer pass; inner passes selectively: attention "
+        "outputs kept); on+inner (inner passes fully recomputed); on+no-inner (inner passes keep everything)",
     )
+    parser.add_argument("--ffn-tile-tokens", type=int, help="sequence-tiled FFN with tiles of this many positions")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--inner-steps", type=int, default=2)
     parser.add_argument("--layer-fraction", type=float, default=0.35)
@@ -429,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
         compile_flex_attention_for_all_lengths()
     decoder = build_model(preset, device, dtype)
     slots = attach_fast_weight_slots(decoder, fast_cfg)
+    apply_tiled_ffn(decoder, args.ffn_tile_tokens)
     model = SplitDecoder(decoder, slots)
     if args.fsdp:
         shard_split_decoder(model)

@@ -71,6 +71,8 @@ RECIPE_KEYS: tuple[str, ...] = (
     "dtype",
     "enable_activation_checkpointing",
     "enable_inner_activation_checkpointing",
+    "enable_activation_offloading",
+    "ffn_tile_tokens",
     "compile",
     "fsdp_reshard_after_forward",
     "sequence_parallel_size",
@@ -276,7 +278,7 @@ def check_training_values(cfg: DictConfig) -> None:
         require(key in cfg and cfg[key] is not None, f"Config key `{key}` is required.")
     for key, minimum in (("batch_size", 1), ("gradient_accumulation_steps", 1), ("epochs", 1)):
         require(_is_int(cfg.get(key), minimum), f"`{key}` must be an integer >= {minimum}, got {cfg.get(key)!r}.")
-    for key in ("max_steps_per_epoch", "save_every_n_steps", "stop_after_step"):
+    for key in ("max_steps_per_epoch", "save_every_n_steps", "stop_after_step", "ffn_tile_tokens"):
         value = cfg.get(key)
         require(value is None or _is_int(value, 1), f"`{key}` must be null or an integer >= 1, got {value!r}.")
     for key, default in (("log_every_n_steps", 1), ("keep_recipe_states", 2), ("max_consecutive_skipped_steps", 10)):

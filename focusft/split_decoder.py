@@ -11,10 +11,10 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from torchtune import training
 from torchtune.modules import TransformerDecoder, TransformerSelfAttentionLayer
 
+from focusft.activation_memory import ActivationOffload, CheckpointMode, run_checkpointed
 from focusft.fast_weights import FastWeights, FastWeightSlots, run_layer
 from focusft.loss import token_cross_entropy
 from focusft.masks import AttentionMask
@@ -34,9 +34,11 @@ class SplitDecoder(nn.Module):
 
     ``activation_checkpointing`` covers the trunk and the outer pass. An inner pass
     (one whose fast weights require grad) is followed at once by its own backward,
-    which needs every activation of the adapted layers: checkpointing it saves
-    memory only at the price of recomputing those layers' forward, so it is a
-    separate switch, ``inner_activation_checkpointing`` (off by default).
+    which needs every activation of the adapted layers; ``inner_checkpointing``
+    (:data:`focusft.activation_memory.CheckpointMode`) says what it keeps:
+    ``selective`` keeps the attention outputs and recomputes the rest.
+    ``offload`` (:class:`focusft.activation_memory.ActivationOffload`), when given,
+    sends what every pass saves to host memory.
     """
 
     def __init__(
@@ -44,20 +46,28 @@ class SplitDecoder(nn.Module):
         decoder: TransformerDecoder,
         slots: FastWeightSlots,
         activation_checkpointing: bool = False,
-        inner_activation_checkpointing: bool = False,
+        inner_checkpointing: CheckpointMode = "none",
+        offload: ActivationOffload | None = None,
     ):
         super().__init__()
         self.decoder = decoder
         self.split = slots.first_layer
         self.activation_checkpointing = activation_checkpointing
-        self.inner_activation_checkpointing = inner_activation_checkpointing
+        self.inner_checkpointing = inner_checkpointing
+        self.offload = offload
 
     def forward(self, stage: Literal["trunk", "head"], *args, **kwargs):
+        if stage not in ("trunk", "head"):
+            raise ValueError(f"Unknown stage {stage!r}; expected 'trunk' or 'head'.")
+        run = self._trunk if stage == "trunk" else self._head
+        if self.offload is None:
+            return run(*args, **kwargs)
         if stage == "trunk":
-            return self._trunk(*args, **kwargs)
-        if stage == "head":
-            return self._head(*args, **kwargs)
-        raise ValueError(f"Unknown stage {stage!r}; expected 'trunk' or 'head'.")
+            self.offload.new_step()
+        fast = kwargs.get("fast_weights")
+        inner_pass = fast is not None and _requires_grad(fast)
+        with self.offload.inner() if inner_pass else self.offload.outer():
+            return run(*args, **kwargs)
 
     def _trunk(self, tokens: torch.Tensor, *, mask: AttentionMask, input_pos: torch.Tensor) -> torch.Tensor:
         """Embeddings and the layers without fast weights: ``[b, s] -> [b, s, d]``."""
@@ -93,11 +103,14 @@ class SplitDecoder(nn.Module):
         def run(x: torch.Tensor) -> torch.Tensor:
             return run_layer(layer, x, fast, mask=mask, input_pos=input_pos)
 
-        inner_pass = fast is not None and any(t.requires_grad for t in fast.values())
-        enabled = self.inner_activation_checkpointing if inner_pass else self.activation_checkpointing
-        if enabled and torch.is_grad_enabled():
-            return checkpoint(run, h, use_reentrant=False)
-        return run(h)
+        if fast is not None and any(t.requires_grad for t in fast.values()):
+            return run_checkpointed(run, h, self.inner_checkpointing)
+        return run_checkpointed(run, h, "full" if self.activation_checkpointing else "none")
+
+
+def _requires_grad(fast_weights: dict[int, FastWeights]) -> bool:
+    """Whether this head pass is an inner pass (its fast weights are being differentiated)."""
+    return any(t.requires_grad for ws in fast_weights.values() for t in ws.values())
 
 
 def response_token_losses(decoder: TransformerDecoder, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,7 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 from torchtune.training.lr_schedulers import get_lr
 from tqdm import tqdm
 
+from focusft.activation_memory import ActivationOffload, inner_checkpoint_mode
 from focusft.analysis.probe import AttentionProbe, AttentionProbeConfig
 from focusft.base_checks import build_tokenizer, check_base_checkpoint, check_tokenizer_files
 from focusft.batch import prepare_batch
@@ -82,6 +83,7 @@ from focusft.preemption import Stopped, install_stop_signals, report_stop
 from focusft.run_guard import REPORTED_ERROR_EXIT_CODE, exit_when_launcher_dies, lock_output_dir
 from focusft.sequence_parallel import ParallelDims, apply_sequence_parallel, whole_sequences
 from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, shard_split_decoder
+from focusft.tiled_ffn import apply_tiled_ffn
 
 log = utils.get_logger("INFO")
 T = TypeVar("T")
@@ -314,8 +316,13 @@ class FocuSFTRecipeDistributed(FTRecipeInterface):
             decoder,
             slots,
             activation_checkpointing=cfg.get("enable_activation_checkpointing", False),
-            inner_activation_checkpointing=cfg.get("enable_inner_activation_checkpointing", False),
+            inner_checkpointing=inner_checkpoint_mode(
+                cfg.get("enable_activation_checkpointing", False),
+                cfg.get("enable_inner_activation_checkpointing", False),
+            ),
+            offload=ActivationOffload(self.device) if cfg.get("enable_activation_offloading", False) else None,
         )
+        apply_tiled_ffn(decoder, cfg.get("ffn_tile_tokens"))
         if self.mask_kind == "block":
             compile_flex_attention_for_all_lengths()
         if cfg.get("compile", False):

@@ -21,7 +21,8 @@ def test_presets_build_on_the_meta_device(name):
 
 
 def test_cost_model_is_the_issues_formula():
-    assert step_benchmark.cost_model(2, 0.35, "on") == pytest.approx(1.35)
+    assert step_benchmark.cost_model(2, 0.35, "on+no-inner") == pytest.approx(1.35)
+    assert step_benchmark.cost_model(2, 0.35, "on") == pytest.approx(1 + 3 * 2 * 0.35 / 4)
     assert step_benchmark.cost_model(2, 0.35, "off") == pytest.approx(1 + 2 * 2 * 0.35 / 3)
     assert step_benchmark.cost_model(2, 0.35, "on+inner") == pytest.approx(1 + 3 * 2 * 0.35 / 4)
 
@@ -47,7 +48,7 @@ def test_bad_arguments_are_rejected(capsys):
 def test_dry_run_prints_the_plan_for_a_gpu_preset(capsys):
     step_benchmark.main(["--preset", "qwen2.5-1.5b", "--dry-run"])
     out = capsys.readouterr().out
-    assert "fast weights on 18..27" in out and "cost model FocuSFT/SFT, AC on: 1.357" in out
+    assert "fast weights on 18..27" in out and "cost model FocuSFT/SFT, AC on: 1.536" in out
 
 
 def test_a_tiny_cpu_run_prints_every_variant_breakdown_and_targets(tmp_path, capsys):

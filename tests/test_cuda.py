@@ -162,3 +162,45 @@ def test_sequence_parallel_block_mask_step_equals_one_gpu(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     check(json.loads(out.read_text()), len(cases))
+
+
+def memory_option_step(inner_checkpointing: str, offload: bool, tile: int | None):
+    """Outer loss, inner losses and θ-gradients of one FocuSFT BlockMask step with the memory options given."""
+    from focusft.activation_memory import ActivationOffload
+    from focusft.tiled_ffn import apply_tiled_ffn
+
+    tokens, labels, layout = random_batch(2, 256, 0)
+    tokens, labels, layout = tokens.cuda(), labels.cuda(), layout.to("cuda")
+    decoder = seeded_tiny_qwen2_5(0).to(device="cuda")
+    slots = attach_fast_weight_slots(decoder, FAST)
+    apply_tiled_ffn(decoder, tile)
+    offloading = ActivationOffload("cuda") if offload else None  # torchtune's OffloadActivations
+    model = SplitDecoder(decoder, slots, True, inner_checkpointing, offloading)
+    documents = Documents.from_layout(layout).to("cuda")
+    result = bilevel_step(
+        model,
+        slots,
+        tokens,
+        labels,
+        mask=build_mask(layout, "bidir_context", "block"),
+        input_pos=document_positions(layout.doc),
+        inner=InnerLoopConfig(steps=2),
+        documents=documents,
+        initial_fast_weights=slots.init([3 + d for d in range(documents.count)], device="cuda"),
+    )
+    (result.loss / result.num_tokens).backward()
+    return result.loss, result.inner_losses, {n: p.grad for n, p in model.named_parameters()}
+
+
+MEMORY_OPTIONS = [("selective", False, None), ("selective", True, None), ("selective", True, 96)]
+
+
+@pytest.mark.parametrize(("inner_checkpointing", "offload", "tile"), MEMORY_OPTIONS)
+def test_memory_options_give_the_plain_block_mask_step(inner_checkpointing, offload, tile):
+    """Selective inner checkpointing (FlexAttention kept), OffloadActivations and the tiled FFN on the GPU path."""
+    loss, inner, grads = memory_option_step(inner_checkpointing, offload, tile)
+    ref_loss, ref_inner, ref_grads = memory_option_step("none", False, None)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(inner, ref_inner, atol=1e-5, rtol=1e-5)
+    for name, ref in ref_grads.items():
+        torch.testing.assert_close(grads[name], ref, atol=1e-5, rtol=1e-4, msg=name)

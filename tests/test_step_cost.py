@@ -7,8 +7,10 @@ same step with θ frozen cannot compute θ-gradients.
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from focusft.activation_memory import ATTENTION_OPS
 from focusft.bilevel import InnerLoopConfig, bilevel_step
 from focusft.fast_weights import FastWeightConfig, attach_fast_weight_slots
 from focusft.masks import dense_mask, document_positions
@@ -17,10 +19,10 @@ from focusft.tiny import seeded_tiny_qwen2_5
 from tests.layouts import random_batch
 
 
-def build(activation_checkpointing=False, inner_activation_checkpointing=False):
+def build(activation_checkpointing=False, inner_checkpointing="none"):
     decoder = seeded_tiny_qwen2_5(0)
     slots = attach_fast_weight_slots(decoder, FastWeightConfig(rank=4, alpha=8.0, layer_fraction=0.5))
-    return SplitDecoder(decoder, slots, activation_checkpointing, inner_activation_checkpointing), slots
+    return SplitDecoder(decoder, slots, activation_checkpointing, inner_checkpointing), slots
 
 
 def run_step(model, slots):
@@ -51,16 +53,40 @@ def test_inner_backward_computes_no_theta_gradients():
     assert step_flops(model, slots) == with_theta
 
 
-def test_inner_passes_are_not_recomputed_unless_asked():
-    plain = step_flops(*build())
-    assert step_flops(*build(activation_checkpointing=True)) == plain
-    assert step_flops(*build(activation_checkpointing=True, inner_activation_checkpointing=True)) > plain
+class AttentionCalls(TorchDispatchMode):
+    """Counts attention forward calls (the flop counter does not count the CPU SDPA kernel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func in ATTENTION_OPS
+        return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("activation_checkpointing", [False, True])
-def test_inner_activation_checkpointing_gives_the_same_step(activation_checkpointing):
+def step_attention_calls(model, slots) -> int:
+    with AttentionCalls() as counter:
+        run_step(model, slots)
+    return counter.calls
+
+
+def test_inner_passes_are_recomputed_only_as_asked():
+    """Selective checkpointing recomputes the rest of the layer but keeps the attention outputs."""
+    plain = build()
+    assert step_flops(*build(activation_checkpointing=True)) == step_flops(*plain)
+    selective = build(activation_checkpointing=True, inner_checkpointing="selective")
+    full = build(activation_checkpointing=True, inner_checkpointing="full")
+    assert step_flops(*plain) < step_flops(*selective)
+    layers, steps = 2, 2  # adapted layers of the 4-layer model at fraction 0.5, inner steps
+    assert step_attention_calls(*selective) == step_attention_calls(*plain)
+    assert step_attention_calls(*full) == step_attention_calls(*plain) + layers * steps
+
+
+@pytest.mark.parametrize(("activation_checkpointing", "inner_checkpointing"), [(False, "full"), (True, "selective")])
+def test_inner_activation_checkpointing_gives_the_same_step(activation_checkpointing, inner_checkpointing):
     results, grads = [], []
-    for inner_ac in (False, True):
+    for inner_ac in ("none", inner_checkpointing):
         model, slots = build(activation_checkpointing, inner_ac)
         result = run_step(model, slots)
         result.loss.backward()

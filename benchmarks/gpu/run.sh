@@ -94,5 +94,13 @@ stage "longest sequence, small model" 75 max_len_small.txt "$PY" -m benchmarks.m
 stage "longest sequence, large model" 75 max_len_large.txt "$PY" -m benchmarks.max_seq_len "${SEARCH_BIG[@]}" \
   --budget-s 45
 
+# 5. The no-GPU estimate beside the measured search (issue 17): estimated peak per length and option.
+if [[ $DRY_RUN -eq 1 ]]; then
+  stage "memory estimate vs measured (CPU)" 600 estimate.md "$PY" -m benchmarks.max_seq_len --validate
+else
+  stage "memory estimate" 300 estimate.md "$PY" -m benchmarks.max_seq_len --estimate \
+    --preset qwen2.5-1.5b qwen2.5-7b --gpu-memory-gib 139 --refine 1
+fi
+
 log "done in $(( $(date +%s) - START ))s; results in $RESULTS (status $STATUS)"
 exit $STATUS
