@@ -291,7 +291,7 @@ def test_attention_probe_logs_what_a_one_process_analysis_of_the_weights_measure
     "override, message",
     [
         ("focusft.inner_stepz=2", "Unknown key(s) in focusft: ['inner_stepz']"),
-        ("dataset.num_samples=2", "The dataset has 2 samples"),
+        ("dataset.num_samples=0", "The dataset has no samples"),  # 2 samples now train (a short step)
     ],
 )
 def test_bad_configs_stop_the_run_with_a_named_error(config, base_dir, tmp_path, override, message):
