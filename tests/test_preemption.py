@@ -129,7 +129,10 @@ def test_sigint_stops_with_one_line_and_exit_130(config, base_dir, tmp_path):
     assert not re.search(r"Traceback|error:|death signal|closing signal", stderr), stderr[-3000:]
     lines = re.findall(r"FocuSFT:[^\r\n]*", stderr)
     assert len(lines) == 1 and lines[0].startswith("FocuSFT: stopped by SIGINT; nothing was saved"), stderr[-3000:]
-    assert "Standard SFT: 6 steps (2/epoch), 1 process(es), dense mask, no fast weights (bilevel=false)" in stderr
+    assert (
+        "Standard SFT, full fine-tuning: 6 steps (2/epoch), 1 process(es) (sequence parallel: 1), dense mask, "
+        "no fast weights (bilevel=false)"
+    ) in stderr
 
 
 def test_a_metrics_write_error_is_kept_and_raised_at_the_step_boundary(tmp_path):
