@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from torchtune import config, utils
+from torchtune.modules.peft import get_adapter_params
 
 from focusft.checkpointing import CheckpointError
 from focusft.components import build_meta_model, first_line
@@ -104,11 +105,15 @@ def check_config_matches_weights(hf_config: Mapping[str, Any], shapes: Shapes, c
 def check_weights_fit_model(
     model: torch.nn.Module, cfg_model: DictConfig, hf_config: Mapping[str, Any], shapes: Shapes
 ) -> None:
-    """Every tensor the model needs is in the files, with its shape, and nothing else is (Qwen2 names)."""
+    """Every tensor the model needs is in the files, with its shape, and nothing else is (Qwen2 names).
+
+    An outer LoRA's adapter weights (:mod:`focusft.lora`) are not expected: they start from scratch.
+    """
     from torchtune.models.qwen2 import qwen2_hf_to_tune
 
     tie = bool(hf_config.get("tie_word_embeddings", False))
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    adapter = set(get_adapter_params(model))  # an outer LoRA's weights are not in the base files
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items() if key not in adapter}
     where = f"the model ({cfg_model.get('_component_')})"
     seen = set()
     for hf_name, (file, shape) in shapes.items():
@@ -162,9 +167,12 @@ def check_base_checkpoint(cfg: DictConfig) -> None:
     shapes = read_shapes(checkpoint_dir, checkpoint_files(cfg.checkpointer))
     hf_config = read_hf_config(checkpoint_dir)
     check_config_matches_weights(hf_config, shapes, checkpoint_dir)
-    model = build_meta_model(cfg.model)
     if str(cfg.checkpointer.get("model_type", "")).upper() == "QWEN2":
-        check_weights_fit_model(model, cfg.model, hf_config, shapes)
+        # Shapes only: NF4 (QLoRA) cannot be read back from the meta device, and has the same names.
+        unquantized = (
+            OmegaConf.merge(cfg.model, {"quantize_base": False}) if "quantize_base" in cfg.model else cfg.model
+        )
+        check_weights_fit_model(build_meta_model(unquantized), cfg.model, hf_config, shapes)
     check_finite(checkpoint_dir, shapes)
     if not (checkpoint_dir / TOKENIZER_CONFIG).is_file():
         log.warning(
