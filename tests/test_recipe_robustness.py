@@ -219,7 +219,7 @@ def bad_input_cases(tmp: Path, base_dir: Path) -> dict[str, tuple[list[str], str
         ),
         "cuda without a GPU": (["device=cuda"], "config", "device=cuda, but this process sees no CUDA GPU"),
         "unknown model component": (
-            ["model=focusft.tiny.tiny_qwen3"],
+            ["model=focusft.tiny.tiny_qwen4"],
             "config",
             "`model._component_` 'focusft.tiny.tiny",
         ),
