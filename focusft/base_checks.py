@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors import safe_open
 from torchtune import config, utils
 from torchtune.modules.peft import get_adapter_params
@@ -168,11 +168,7 @@ def check_base_checkpoint(cfg: DictConfig) -> None:
     hf_config = read_hf_config(checkpoint_dir)
     check_config_matches_weights(hf_config, shapes, checkpoint_dir)
     if str(cfg.checkpointer.get("model_type", "")).upper() == "QWEN2":
-        # Shapes only: NF4 (QLoRA) cannot be read back from the meta device, and has the same names.
-        unquantized = (
-            OmegaConf.merge(cfg.model, {"quantize_base": False}) if "quantize_base" in cfg.model else cfg.model
-        )
-        check_weights_fit_model(build_meta_model(unquantized), cfg.model, hf_config, shapes)
+        check_weights_fit_model(build_meta_model(cfg.model), cfg.model, hf_config, shapes)
     check_finite(checkpoint_dir, shapes)
     if not (checkpoint_dir / TOKENIZER_CONFIG).is_file():
         log.warning(

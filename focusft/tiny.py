@@ -386,33 +386,43 @@ def _write_weights(out: Path, state: dict[str, torch.Tensor], config: dict) -> N
     (out / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def _write_tiny_qwen3(out_dir: str | Path, seed: int) -> Path:
-    out = write_tiny_tokenizer(out_dir, TINY_QWEN3["vocab_size"], seed, family="qwen3")
-    ids = special_token_ids(out)
-    c = TINY_QWEN3
-    config = {
-        "architectures": ["Qwen3ForCausalLM"],
-        "model_type": "qwen3",
+def _hf_decoder_config(c: dict, architecture: str, model_type: str, **family_keys) -> dict:
+    """``config.json`` of a tiny decoder with torchtune builder arguments ``c``: the keys every family shares."""
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
         "vocab_size": c["vocab_size"],
         "hidden_size": c["embed_dim"],
         "intermediate_size": c["intermediate_dim"],
         "num_hidden_layers": c["num_layers"],
         "num_attention_heads": c["num_heads"],
         "num_key_value_heads": c["num_kv_heads"],
-        "head_dim": c["head_dim"],
         "hidden_act": "silu",
         "attention_bias": False,
         "max_position_embeddings": c["max_seq_len"],
         "rms_norm_eps": c["norm_eps"],
-        "rope_theta": c["rope_base"],
-        "rope_scaling": None,
         "tie_word_embeddings": c["tie_word_embeddings"],
-        "use_sliding_window": False,
         "attention_dropout": 0.0,
         "torch_dtype": "float32",
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": ids["<|im_end|>"],
+        **family_keys,
     }
+
+
+def _write_tiny_qwen3(out_dir: str | Path, seed: int) -> Path:
+    out = write_tiny_tokenizer(out_dir, TINY_QWEN3["vocab_size"], seed, family="qwen3")
+    ids = special_token_ids(out)
+    c = TINY_QWEN3
+    config = _hf_decoder_config(
+        TINY_QWEN3,
+        "Qwen3ForCausalLM",
+        "qwen3",
+        head_dim=c["head_dim"],
+        rope_theta=c["rope_base"],
+        rope_scaling=None,
+        use_sliding_window=False,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+    )
     _write_weights(out, qwen3.qwen3_tune_to_hf(_seeded(tiny_qwen3, seed).state_dict()), config)
     return out
 
@@ -479,35 +489,23 @@ def _write_tiny_llama3(out_dir: str | Path, seed: int) -> Path:
     out = write_tiny_llama3_tokenizer(out_dir, TINY_LLAMA3["vocab_size"], seed)
     ids = special_token_ids(out)
     c = TINY_LLAMA3
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": c["vocab_size"],
-        "hidden_size": c["embed_dim"],
-        "intermediate_size": c["intermediate_dim"],
-        "num_hidden_layers": c["num_layers"],
-        "num_attention_heads": c["num_heads"],
-        "num_key_value_heads": c["num_kv_heads"],
-        "head_dim": c["embed_dim"] // c["num_heads"],
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "mlp_bias": False,
-        "max_position_embeddings": c["max_seq_len"],
-        "rms_norm_eps": c["norm_eps"],
-        "rope_theta": float(c["rope_base"]),
-        "rope_scaling": {
+    config = _hf_decoder_config(
+        TINY_LLAMA3,
+        "LlamaForCausalLM",
+        "llama",
+        head_dim=c["embed_dim"] // c["num_heads"],
+        mlp_bias=False,
+        rope_theta=float(c["rope_base"]),
+        rope_scaling={
             "rope_type": "llama3",
             "factor": float(c["scale_factor"]),
             "low_freq_factor": 1.0,
             "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192,
         },
-        "tie_word_embeddings": c["tie_word_embeddings"],
-        "attention_dropout": 0.0,
-        "torch_dtype": "float32",
-        "bos_token_id": ids["<|begin_of_text|>"],
-        "eos_token_id": [ids[t] for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")],
-    }
+        bos_token_id=ids["<|begin_of_text|>"],
+        eos_token_id=[ids[t] for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")],
+    )
     model = _seeded(tiny_llama3, seed)
     state = convert_weights.tune_to_hf(
         model.state_dict(), num_heads=c["num_heads"], num_kv_heads=c["num_kv_heads"], dim=c["embed_dim"]
