@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -88,9 +89,8 @@ def read_metrics(output_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def runs(config, base_dir, tmp_path_factory):
-    """Lazily run and cache each named configuration of RUNS."""
+def cached_runs(config: Path, base_dir: Path, tmp_path_factory) -> Callable[[str], tuple[Path, list[dict]]]:
+    """Lazily run and cache each named configuration of RUNS (the ``runs`` fixture of tests/conftest.py)."""
     cache: dict[str, tuple[Path, list[dict[str, float]]]] = {}
 
     def get(name: str) -> tuple[Path, list[dict[str, float]]]:
