@@ -1,4 +1,8 @@
-"""Fixtures of the tests that run the recipe: the tiny base checkpoint and the tiny CPU config."""
+"""Fixtures of the tests that run the recipe: the tiny base checkpoint, the tiny CPU config, shared runs.
+
+Session-scoped, so that a run one module makes (tests/test_recipe.py's RUNS) serves another's
+reference too (tests/test_preemption.py).
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIG = REPO / "configs/tiny/focusft_cpu.yaml"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def base_dir(tmp_path_factory) -> Path:
     """The tiny model and tokenizer as an HF checkpoint directory."""
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "base")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def config(tmp_path_factory) -> Path:
     """The shipped tiny CPU config, training on the memorisation set of tests/recipe_data.py."""
     cfg = OmegaConf.load(SHIPPED_CONFIG)
@@ -27,3 +31,11 @@ def config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("config") / "tiny_memorisation.yaml"
     OmegaConf.save(cfg, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def runs(config, base_dir, tmp_path_factory):
+    """``runs(name)``: the output directory and metrics of tests/test_recipe.py's run ``name``, run once."""
+    from tests.test_recipe import cached_runs
+
+    return cached_runs(config, base_dir, tmp_path_factory)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.in_process import run_recipe
 from tests.recipe_data import TRAINED_LOG
 from tests.test_recipe import BASE, LR, TUNE, read_metrics
 
@@ -19,12 +20,18 @@ RECORD = ["collate_fn=tests.recipe_data.recording_collate", "shuffle=false", "ba
 
 
 def run(config: Path, nproc: int, overrides: list[str], trained_log: Path) -> str:
-    """``tune run`` with the trained documents appended to ``trained_log``; returns the output."""
-    cmd = [str(TUNE), "run", "--standalone", "--nproc_per_node", str(nproc), "recipes/focusft_distributed.py"]
-    env = {**os.environ, TRAINED_LOG: str(trained_log)}
-    proc = subprocess.run(
-        [*cmd, "--config", str(config), *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
+    """``tune run`` with the trained documents appended to ``trained_log``; returns the output.
+
+    One process runs in this process (tests/in_process.py): the same recipe, without the launcher.
+    """
+    if nproc == 1:
+        proc = run_recipe(config, overrides, env={TRAINED_LOG: str(trained_log)})
+    else:
+        cmd = [str(TUNE), "run", "--standalone", "--nproc_per_node", str(nproc), "recipes/focusft_distributed.py"]
+        env = {**os.environ, TRAINED_LOG: str(trained_log)}
+        proc = subprocess.run(
+            [*cmd, "--config", str(config), *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout + proc.stderr
 

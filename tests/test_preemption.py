@@ -17,7 +17,7 @@ import torch
 from focusft.launch import wants_help
 from focusft.metric_guard import GuardedMetricLogger, MetricsError
 from focusft.preemption import Stopped, StopSignals
-from tests.test_recipe import BASE, SFT, read_metrics
+from tests.test_recipe import BASE, RUNS, SFT, read_metrics
 from tests.test_recipe_robustness import REPO, checkpoint_weights, launch, launch_command
 
 SLOW_MODEL = ["model._component_=tests.recipe_faults.slow_tiny_qwen2_5", "model.seconds=0.4"]
@@ -88,10 +88,11 @@ def signalled_run(config: Path, nproc: int, overrides: list[str], out: Path, log
     return code, log.read_text()
 
 
-def test_sigterm_saves_after_the_current_step_and_the_resume_is_bit_identical(config, base_dir, tmp_path):
+def test_sigterm_saves_after_the_current_step_and_the_resume_is_bit_identical(runs, config, base_dir, tmp_path):
+    # The reference: tests/test_recipe.py's run sft_2x2, the same run without the slow model's sleeps.
+    reference_dir, _ = runs("sft_2x2")
+    assert RUNS["sft_2x2"] == (2, ["batch_size=2", *SFT])
     args = [*BASE, "batch_size=2", *SFT, *SLOW_MODEL, f"base_dir={base_dir}"]  # 2 steps per epoch, 3 epochs
-    reference = launch(config, 2, [*args, f"output_dir={tmp_path / 'reference'}"])
-    assert reference.returncode == 0, reference.stderr[-3000:]
 
     out = tmp_path / "preempted"
     code, stderr = signalled_run(
@@ -111,10 +112,10 @@ def test_sigterm_saves_after_the_current_step_and_the_resume_is_bit_identical(co
     resumed = launch(config, 2, [*args, f"output_dir={out}", "resume_from_checkpoint=True"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {out / name} after step {step}:" in resumed.stdout + resumed.stderr
-    expected, got = read_metrics(tmp_path / "reference"), read_metrics(out)
+    expected, got = read_metrics(reference_dir), read_metrics(out)
     assert [row["step"] for row in got] == list(range(1, 7))
     assert [row["loss"] for row in got] == [row["loss"] for row in expected]
-    final, reference_final = checkpoint_weights(out / "epoch_2"), checkpoint_weights(tmp_path / "reference/epoch_2")
+    final, reference_final = checkpoint_weights(out / "epoch_2"), checkpoint_weights(reference_dir / "epoch_2")
     for key, tensor in reference_final.items():
         torch.testing.assert_close(final[key], tensor, atol=0, rtol=0)
 

@@ -1,7 +1,8 @@
 """The recipe as a user runs it: ``tune run --nproc_per_node N recipes/focusft_distributed.py --config …``.
 
 Each run trains the tiny model for a few steps on CPU (gloo). Runs are shared between
-tests through a module-level cache, since starting the processes dominates the time.
+tests through a module-level cache, since starting the processes dominates the time; the
+one-process runs that only serve as references run in this process (tests/in_process.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from focusft.analysis.sample import item_sample
 from focusft.eval.checkpoint import load_model, read_checkpoint
 from focusft.split_decoder import IGNORE_INDEX
 from focusft.tiny import TinyQwenConfig, load_tiny_tokenizer, tiny_qwen2_5
+from tests.in_process import run_recipe
 from tests.recipe_data import memorisation_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,22 +47,17 @@ BASE = [
     "metric_logger.filename=metrics.txt",
 ]
 SFT = ["focusft.bilevel=false", "focusft.attention=causal", "shuffle=false"]
+# The attention probe only reads the model (before step 1, then every 2 steps); the FocuSFT runs
+# carry it, so that one run checks both the training and the probe.
+PROBE = ["attention_probe.every_n_steps=2", "attention_probe.sample_index=1"]
 RUNS = {
-    "focusft_2x1x2": (2, ["batch_size=1", "gradient_accumulation_steps=2"]),
-    "focusft_1x1x4": (1, ["batch_size=1", "gradient_accumulation_steps=4"]),
+    "focusft_2x1x2": (2, ["batch_size=1", "gradient_accumulation_steps=2", *PROBE]),
+    "focusft_1x1x4": (1, ["batch_size=1", "gradient_accumulation_steps=4", *PROBE]),
     "sft_2x2": (2, ["batch_size=2", *SFT]),
     "sft_1x4": (1, ["batch_size=4", *SFT]),
-    "sft_bidir": (2, ["batch_size=2", "focusft.bilevel=false", "focusft.attention=bidir_context"]),
-    "causal_bilevel": (2, ["batch_size=2", "focusft.attention=causal", "save_every_n_steps=3"]),
-    "focusft_probe": (
-        2,
-        [
-            "batch_size=1",
-            "gradient_accumulation_steps=2",
-            "attention_probe.every_n_steps=2",
-            "attention_probe.sample_index=1",
-        ],
-    ),
+    # Variants whose point is not the processes: one process, the same global batch of 4.
+    "sft_bidir": (1, ["batch_size=4", "focusft.bilevel=false", "focusft.attention=bidir_context"]),
+    "causal_bilevel": (1, ["batch_size=4", "focusft.attention=causal", "save_every_n_steps=3"]),
 }
 
 
@@ -68,6 +66,14 @@ def tune_run(config: Path, nproc: int, overrides: list[str], check: bool = True)
     proc = subprocess.run(
         [*cmd, "--config", str(config), *overrides], cwd=REPO, capture_output=True, text=True, timeout=600
     )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def train(config: Path, nproc: int, overrides: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    """``tune run`` on ``nproc`` processes; one process runs in this process instead (the same recipe, no launcher)."""
+    proc = run_recipe(config, overrides) if nproc == 1 else tune_run(config, nproc, overrides, check=False)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -83,29 +89,33 @@ def read_metrics(output_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def runs(config, base_dir, tmp_path_factory):
-    """Lazily run and cache each named configuration of RUNS."""
+def cached_runs(config: Path, base_dir: Path, tmp_path_factory) -> Callable[[str], tuple[Path, list[dict]]]:
+    """Lazily run and cache each named configuration of RUNS (the ``runs`` fixture of tests/conftest.py)."""
     cache: dict[str, tuple[Path, list[dict[str, float]]]] = {}
 
     def get(name: str) -> tuple[Path, list[dict[str, float]]]:
         if name not in cache:
             nproc, overrides = RUNS[name]
             out = tmp_path_factory.mktemp(name)
-            tune_run(config, nproc, [f"base_dir={base_dir}", f"output_dir={out}", *BASE, *overrides])
+            train(config, nproc, [f"base_dir={base_dir}", f"output_dir={out}", *BASE, *overrides])
             cache[name] = (out, read_metrics(out))
         return cache[name]
 
     return get
 
 
+def steps(metrics: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The optimizer steps' rows (the attention probe logs rows of its own)."""
+    return [row for row in metrics if "loss" in row]
+
+
 def losses(metrics: list[dict[str, float]]) -> list[float]:
-    return [row["loss"] for row in metrics]
+    return [row["loss"] for row in steps(metrics)]
 
 
 @pytest.mark.parametrize("name", ["focusft_2x1x2", "sft_2x2", "sft_bidir", "causal_bilevel"])
 def test_each_variant_trains_and_its_loss_falls(runs, name):
-    _, metrics = runs(name)
+    metrics = steps(runs(name)[1])
     assert [row["step"] for row in metrics] == [1, 2, 3, 4, 5, 6]
     values = losses(metrics)
     assert all(math.isfinite(v) for v in values)
@@ -124,7 +134,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(runs):
     torch.testing.assert_close(losses(runs("sft_2x2")[1]), losses(runs("sft_1x4")[1]), **ACROSS_LAYOUTS)
     # Bilevel on: each sample's φ_0 depends on its dataset index only, so 2 ranks x batch 1 x GA 2
     # == 1 rank x batch 1 x GA 4.
-    a, b = runs("focusft_2x1x2")[1], runs("focusft_1x1x4")[1]
+    a, b = steps(runs("focusft_2x1x2")[1]), steps(runs("focusft_1x1x4")[1])
     for key in ("loss", "inner_loss_before_0", "inner_loss_after_0", "fast_weight_delta_norm"):
         torch.testing.assert_close([r[key] for r in a], [r[key] for r in b], **ACROSS_LAYOUTS, msg=key)
 
@@ -148,7 +158,7 @@ def test_packed_and_unpacked_samples_take_the_same_first_step(config, base_dir, 
         "clip_grad_norm=null",
     ]
     packed, unpacked = tmp_path / "packed", tmp_path / "unpacked"
-    tune_run(config, 1, [f"base_dir={base_dir}", f"output_dir={packed}", *first_step, "dataset.packed=true"])
+    train(config, 1, [f"base_dir={base_dir}", f"output_dir={packed}", *first_step, "dataset.packed=true"])
     tune_run(
         config,
         2,
@@ -218,14 +228,18 @@ def test_bilevel_off_causal_reproduces_a_plain_sft_loop(runs, base_dir):
     torch.testing.assert_close(recipe, plain_sft_losses(base_dir, steps=6, batch_size=4), **ACROSS_LAYOUTS)
 
 
-@pytest.mark.parametrize("stop_after_step", [3, 4])  # mid-epoch and at an epoch boundary
-def test_resumed_run_reaches_the_same_losses(runs, config, base_dir, tmp_path, stop_after_step):
+def test_resumed_run_reaches_the_same_losses(runs, config, base_dir, tmp_path):
+    """Stopped mid-epoch (after step 3), resumed and stopped at an epoch boundary (step 4), resumed to the end."""
     nproc, overrides = RUNS["focusft_2x1x2"]
     args = [f"base_dir={base_dir}", f"output_dir={tmp_path}", *BASE, *overrides]
-    tune_run(config, nproc, [*args, f"stop_after_step={stop_after_step}"])
-    assert len(read_metrics(tmp_path)) == stop_after_step
+    tune_run(config, nproc, [*args, "stop_after_step=3"])
+    assert [row["step"] for row in steps(read_metrics(tmp_path))] == [1, 2, 3]
+    assert (tmp_path / "LATEST").read_text() == "step_3"
+    tune_run(config, nproc, [*args, "resume_from_checkpoint=True", "stop_after_step=4"])
+    assert [row["step"] for row in steps(read_metrics(tmp_path))] == [1, 2, 3, 4]
+    assert (tmp_path / "LATEST").read_text() == "epoch_1"
     tune_run(config, nproc, [*args, "resume_from_checkpoint=True"])
-    resumed = read_metrics(tmp_path)
+    resumed = steps(read_metrics(tmp_path))
     assert [row["step"] for row in resumed] == [1, 2, 3, 4, 5, 6]
     torch.testing.assert_close(losses(resumed), losses(runs("focusft_2x1x2")[1]), atol=1e-5, rtol=0)
 
@@ -267,7 +281,7 @@ def test_checkpoint_has_no_fast_weights_and_loads_in_transformers(runs):
 
 
 def test_attention_probe_logs_what_a_one_process_analysis_of_the_weights_measures(runs, base_dir):
-    out, rows = runs("focusft_probe")
+    out, rows = runs("focusft_2x1x2")
     assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4, 5, 6]
     probes = {row["step"]: row for row in rows if "attention/sink_mass" in row}
     assert sorted(probes) == [0, 2, 4, 6]  # before the first step, then every 2 steps
@@ -288,13 +302,13 @@ def test_attention_probe_logs_what_a_one_process_analysis_of_the_weights_measure
 
 
 @pytest.mark.parametrize(
-    "override, message",
+    "nproc, override, message",
     [
-        ("focusft.inner_stepz=2", "Unknown key(s) in focusft: ['inner_stepz']"),
-        ("dataset.num_samples=0", "The dataset has no samples"),  # 2 samples now train (a short step)
+        (2, "focusft.inner_stepz=2", "Unknown key(s) in focusft: ['inner_stepz']"),
+        (1, "dataset.num_samples=0", "The dataset has no samples"),  # 2 samples now train (a short step)
     ],
 )
-def test_bad_configs_stop_the_run_with_a_named_error(config, base_dir, tmp_path, override, message):
-    proc = tune_run(config, 2, [f"base_dir={base_dir}", f"output_dir={tmp_path}", *BASE, override], check=False)
+def test_bad_configs_stop_the_run_with_a_named_error(config, base_dir, tmp_path, nproc, override, message):
+    proc = train(config, nproc, [f"base_dir={base_dir}", f"output_dir={tmp_path}", *BASE, override], check=False)
     assert proc.returncode != 0
     assert f"FocuSFT config error: {message}" in proc.stderr, proc.stderr[-3000:]

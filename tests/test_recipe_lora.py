@@ -1,4 +1,10 @@
-"""The recipe with a LoRA / QLoRA model, as a user runs it on the tiny model (2 processes, FSDP2, gloo)."""
+"""The recipe with a LoRA / QLoRA model on the tiny model.
+
+QLoRA runs as a user runs it (``tune run``, 2 processes, FSDP2, gloo): NF4 base weights sharded,
+adapters trained, the merged model saved from the shards. LoRA's exact resume and its PEFT
+checkpoints are not about the processes: those three runs take one process, in this process
+(tests/in_process.py), with the same global batch.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.test_recipe import REPO, losses, read_metrics, tune_run
+from tests.test_recipe import REPO, losses, read_metrics, train, tune_run
 
 LORA_CONFIG = REPO / "configs/tiny/focusft_lora_cpu.yaml"
-# 8 samples, global batch 4 (2 processes x 2) -> 2 steps per epoch, 3 epochs.
-ARGS = ["epochs=3", "batch_size=2", "metric_logger.filename=metrics.txt"]
+# 8 samples, global batch 4 (2 processes x 2, or 1 process x 4) -> 2 steps per epoch, 3 epochs.
+ARGS = ["epochs=3", "metric_logger.filename=metrics.txt"]
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +36,10 @@ def test_lora_run_resumes_exactly_and_writes_peft_checkpoints(lora_config, base_
     from transformers import AutoModelForCausalLM
 
     full, stopped = tmp_path / "full", tmp_path / "stopped"
-    tune_run(lora_config, 2, [f"base_dir={base_dir}", f"output_dir={full}", *ARGS])
-    args = [f"base_dir={base_dir}", f"output_dir={stopped}", *ARGS]
-    tune_run(lora_config, 2, [*args, "stop_after_step=3"])
-    tune_run(lora_config, 2, [*args, "resume_from_checkpoint=True"])
+    train(lora_config, 1, [f"base_dir={base_dir}", f"output_dir={full}", *ARGS, "batch_size=4"])
+    args = [f"base_dir={base_dir}", f"output_dir={stopped}", *ARGS, "batch_size=4"]
+    train(lora_config, 1, [*args, "stop_after_step=3"])
+    train(lora_config, 1, [*args, "resume_from_checkpoint=True"])
     expected, resumed = losses(read_metrics(full)), losses(read_metrics(stopped))
     assert len(expected) == 6 and expected[-1] < expected[0]
     torch.testing.assert_close(resumed, expected, atol=1e-5, rtol=0)
@@ -57,8 +63,13 @@ def test_lora_run_resumes_exactly_and_writes_peft_checkpoints(lora_config, base_
 
 
 def test_qlora_run_trains_on_an_nf4_base(lora_config, base_dir, tmp_path):
-    tune_run(lora_config, 2, [f"base_dir={base_dir}", f"output_dir={tmp_path}", *ARGS, "model.quantize_base=True"])
+    args = [f"base_dir={base_dir}", f"output_dir={tmp_path}", *ARGS, "batch_size=2", "model.quantize_base=True"]
+    tune_run(lora_config, 2, args)
     rows = read_metrics(tmp_path)
     assert len(rows) == 6 and rows[-1]["loss"] < rows[0]["loss"]
     assert rows[-1]["inner_loss_after_1"] < rows[-1]["inner_loss_before_0"]  # the inner loop still adapts
     assert (tmp_path / "epoch_2" / "merged" / "model.safetensors.index.json").is_file()
+    # Saved from the 2 processes' shards: the PEFT adapter, no full weights beside it.
+    files = {p.name for p in (tmp_path / "epoch_2").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= files
+    assert not any(f.startswith("model") for f in files)

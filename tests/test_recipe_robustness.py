@@ -1,7 +1,9 @@
 """The recipe under faults: non-finite steps, broken checkpoints, a second run, a killed launcher, bad input.
 
-Runs go through ``python -m focusft.launch`` (``tune run`` with torchrun's own failure
-traceback left out), mostly on one process: each launch costs 10-20 s on a 2-core machine.
+Runs on several processes go through ``python -m focusft.launch`` (``tune run`` with torchrun's
+own failure traceback left out): each launch costs 10-20 s on a 2-core machine. Most one-process
+runs run the recipe in this process instead (tests/in_process.py); two of the bad-input cases go
+through the launcher on one process too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from focusft.checkpointing import RECIPE_STATE
 from focusft.errors import ConfigError
 from focusft.run_guard import LAUNCHER_GONE_EXIT_CODE, REPORTED_ERROR_EXIT_CODE, lock_output_dir
+from tests.in_process import run_recipe
 from tests.test_recipe import BASE, SFT, read_metrics
 from tests.test_run_guard import alive
 
@@ -108,7 +111,7 @@ def test_non_finite_steps_are_skipped_on_every_rank_and_too_many_in_a_row_stop(c
 )
 def test_a_huge_learning_rate_never_reaches_a_checkpoint(config, base_dir, tmp_path, overrides):
     args = [*BASE, "epochs=2", "batch_size=4", "save_every_n_steps=1", "max_consecutive_skipped_steps=2"]
-    proc = launch(config, 1, [*args, *overrides, f"base_dir={base_dir}", f"output_dir={tmp_path}"])
+    proc = run_recipe(config, [*args, *overrides, f"base_dir={base_dir}", f"output_dir={tmp_path}"])
     if proc.returncode != 0:  # diverged: stopped with one line; otherwise the guards kept every step finite
         assert "steps in a row" in error_line(proc, "training")
     assert "Traceback" not in proc.stderr
@@ -124,7 +127,7 @@ def corrupt(path: Path) -> None:
 
 def test_resume_falls_back_from_an_unreadable_latest_and_a_finished_run_says_so(config, base_dir, tmp_path):
     args = [*BASE, "epochs=2", "batch_size=4", *SFT, f"base_dir={base_dir}", f"output_dir={tmp_path}"]
-    launch_ok = launch(config, 1, [*args, "stop_after_step=3"])
+    launch_ok = run_recipe(config, [*args, "stop_after_step=3"])
     assert launch_ok.returncode == 0, launch_ok.stderr[-3000:]
     assert (tmp_path / "LATEST").read_text() == "step_3"
     corrupt(tmp_path / "step_3" / RECIPE_STATE)
@@ -132,7 +135,7 @@ def test_resume_falls_back_from_an_unreadable_latest_and_a_finished_run_says_so(
     staging.mkdir(parents=True)
     (staging / "model-00001-of-00001.safetensors").write_bytes(b"\0" * 1000)
 
-    resumed = launch(config, 1, [*args, "resume_from_checkpoint=True", "optimizer.lr=0.002", "clip_grad_norm=2.0"])
+    resumed = run_recipe(config, [*args, "resume_from_checkpoint=True", "optimizer.lr=0.002", "clip_grad_norm=2.0"])
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-5000:]
     assert f"Cannot resume from {tmp_path / 'step_3'}: PytorchStreamReader failed" in output
@@ -146,7 +149,7 @@ def test_resume_falls_back_from_an_unreadable_latest_and_a_finished_run_says_so(
     # The checkpoint's learning rate stays in effect: cosine schedule, 1 warm-up step of 4, at step 4.
     assert metrics[4]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
 
-    finished = launch(config, 1, [*args, "resume_from_checkpoint=True"])
+    finished = run_recipe(config, [*args, "resume_from_checkpoint=True"])
     line = error_line(finished, "config")
     assert f"The run in {tmp_path} is finished: epoch_1 ends epoch 2 of 2 (step 4)" in line
 
@@ -250,11 +253,16 @@ CASES = [
 ]
 
 
+# Cases run through the launcher (one before the process group exists, one after); the rest in this process.
+LAUNCHED = {"typo in a top-level key", "NaN in the base weights"}
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_one_line_before_compute(config, base_dir, tmp_path, case):
     overrides, kind, text = bad_input_cases(tmp_path, base_dir)[case]
     out = tmp_path / "out"
-    proc = launch(config, 1, [*BASE, f"base_dir={base_dir}", f"output_dir={out}", *overrides])
+    args = [*BASE, f"base_dir={base_dir}", f"output_dir={out}", *overrides]
+    proc = launch(config, 1, args) if case in LAUNCHED else run_recipe(config, args)
     assert text in error_line(proc, kind)
     assert not list(out.glob("epoch_*"))
 

@@ -133,19 +133,20 @@ def test_shards_of_a_prepared_batch_put_together_are_the_whole_padded_batch(sp, 
         assert bool((flat[shard.documents.chunk_tokens[kept]] == owners[kept]).all())
 
 
-def test_recipe_with_sp2_resumes_and_logs_and_saves_what_one_process_does(config, base_dir, tmp_path):
+def test_recipe_with_sp2_resumes_and_logs_and_saves_what_one_process_does(runs, config, base_dir, tmp_path):
     """``tune run`` with sequence_parallel_size=2, stopped after step 3 and resumed, against one process.
 
     Same global batch (batch 1 × GA 4, one data-parallel rank): the same metrics (losses, inner
-    losses, counts, attention probe), and the same final checkpoint.
+    losses, counts, attention probe), and the same final checkpoint. The one-process run is
+    tests/test_recipe.py's run focusft_1x1x4 (shared through tests/conftest.py).
     """
-    from tests.test_recipe import BASE, read_metrics, tune_run
+    from tests.test_recipe import BASE, PROBE, RUNS, read_metrics, tune_run
 
-    common = [f"base_dir={base_dir}", *BASE, "batch_size=1", "gradient_accumulation_steps=4"]
-    common += ["attention_probe.every_n_steps=2", "attention_probe.sample_index=1"]
-    one, sp2 = tmp_path / "one", tmp_path / "sp2"
-    tune_run(config, 1, [*common, f"output_dir={one}"])
-    sp_args = [*common, f"output_dir={sp2}", "sequence_parallel_size=2"]
+    one_process = ["batch_size=1", "gradient_accumulation_steps=4", *PROBE]
+    assert RUNS["focusft_1x1x4"] == (1, one_process)
+    one, _ = runs("focusft_1x1x4")
+    sp2 = tmp_path / "sp2"
+    sp_args = [f"base_dir={base_dir}", *BASE, *one_process, f"output_dir={sp2}", "sequence_parallel_size=2"]
     tune_run(config, 2, [*sp_args, "stop_after_step=3"])
     tune_run(config, 2, [*sp_args, "resume_from_checkpoint=True"])
 

@@ -1,8 +1,9 @@
-"""Run under ``torchrun --nproc_per_node 2``: one bilevel step with FSDP2 (gloo, CPU).
+"""Run under ``torchrun --nproc_per_node 2``: one bilevel step with FSDP2 (gloo, CPU), per case.
 
 Each rank takes its own micro-batch and its own φ_0. Rank 0 then recomputes every
 rank's micro-batch on an unsharded single-process model and checks that the losses
-and the averaged base-parameter gradients agree.
+and the averaged base-parameter gradients agree. Cases: activation checkpointing off/on
+(``0,1``), all in one launch, since starting the processes costs more than the steps.
 """
 
 import json
@@ -45,8 +46,8 @@ def step(model, slots, rank: int):
     return result
 
 
-def main(out_path: str, activation_checkpointing: bool) -> None:
-    dist.init_process_group("gloo")
+def run_case(activation_checkpointing: bool) -> dict | None:
+    """Rank 0: the case's gaps to the single-process step; other ranks: None."""
     rank, world = dist.get_rank(), dist.get_world_size()
     model, slots = build(activation_checkpointing)
     shard_split_decoder(model)
@@ -65,11 +66,22 @@ def main(out_path: str, activation_checkpointing: bool) -> None:
             ref_losses.append(ref.inner_losses.tolist())
         worst = max((grads[n] - p.grad).abs().max().item() for n, p in reference.named_parameters())
         loss_gap = max(abs(a - b) for la, lb in zip(losses, ref_losses) for a, b in zip(la, lb))
+        return {"grad_max_abs_diff": worst, "loss_max_abs_diff": loss_gap, "losses": losses}
+    return None
+
+
+def main(out_path: str, cases: list[bool]) -> None:
+    dist.init_process_group("gloo")
+    results = []
+    for activation_checkpointing in cases:
+        results.append(run_case(activation_checkpointing))
+        dist.barrier()
+    if dist.get_rank() == 0:
         with open(out_path, "w") as f:
-            json.dump({"grad_max_abs_diff": worst, "loss_max_abs_diff": loss_gap, "losses": losses}, f)
+            json.dump(results, f)
     dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] == "1")
+    main(sys.argv[1], [flag == "1" for flag in sys.argv[2].split(",")])
