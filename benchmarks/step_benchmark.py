@@ -10,12 +10,16 @@ all of them. A step is: build the mask, the bilevel step (trunk, K inner steps, 
 head), the outer backward and an AdamW step, as in the recipe. Single process, no
 FSDP (the ratio is what matters), unless ``--fsdp``: FSDP2 over one process, as the
 recipe runs on one GPU (used by benchmarks/max_seq_len.py).
+
+``--ffn-tile-tokens N`` adds rows for Standard SFT and FocuSFT with the sequence-tiled
+FFN (focusft/tiled_ffn.py), interleaved with the others, and a table of its memory saving.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -36,7 +40,7 @@ from focusft.fast_weights import FastWeightConfig, FastWeightSlots, attach_fast_
 from focusft.flex import compile_flex_attention_for_all_lengths
 from focusft.masks import build_mask, document_positions
 from focusft.split_decoder import SplitDecoder, shard_split_decoder
-from focusft.tiled_ffn import apply_tiled_ffn
+from focusft.tiled_ffn import TiledFeedForward, apply_tiled_ffn
 
 # Activation checkpointing of the trunk and outer pass, and what the inner passes keep
 # (focusft.activation_memory): "on" is the recipe's default with checkpointing on.
@@ -56,8 +60,11 @@ TIME_TARGET_AC_ON = {"cpu": 1.45}
 TIME_TARGET_AC_ON_GPU = 1.35
 TIME_TARGET_AC_OFF = 1.50
 STRAIGHTFORWARD_TARGET = 0.80
-MEMORY_TARGET = 1.15
+MEMORY_TARGET = 1.15  # issues 11 and 17: FocuSFT / Standard SFT peak memory growth
 BIDIR_TIME_TARGET_AC_ON = 1.60  # issue 17: FocuSFT / SFT+Bidir CPU time, the dense-mask cost factored out
+# Variants run with the tiled FFN when --ffn-tile-tokens is given: (row name, untiled variant it is compared with).
+TILED_SUFFIX = ", tiled FFN"
+TILED_VARIANTS = ("Standard SFT", "FocuSFT")
 
 
 @dataclass
@@ -69,7 +76,7 @@ class Measurement:
 
     @property
     def median(self) -> float:
-        return statistics.median(self.times)
+        return statistics.median(self.times) if self.times else float("nan")
 
     def cost(self, device: torch.device) -> float:
         """What ratios compare: wall time on a GPU; on a CPU, this process's CPU time.
@@ -77,7 +84,8 @@ class Measurement:
         With one torch thread, CPU time leaves out the time slices other processes of a
         shared machine take, which wall time cannot.
         """
-        return statistics.median(self.cpu_times if device.type == "cpu" else self.times)
+        times = self.cpu_times if device.type == "cpu" else self.times
+        return statistics.median(times) if times else float("nan")  # nan: memory only (--repeats 0)
 
 
 @dataclass
@@ -102,13 +110,36 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(setting: Setting, variant: str, seed: int) -> Callable[..., None]:
-    """One training step of ``variant``: mask, forward(s), backward, then the optimizer if ``optimize``."""
+def set_ffn_tiles(model: SplitDecoder, tile_tokens: int | None) -> None:
+    """Tile the FFNs made :class:`TiledFeedForward` by ``tile_tokens`` positions; ``None``: untiled.
+
+    A ``TiledFeedForward`` whose tile holds the whole sequence makes one plain
+    ``FeedForward`` call, so the untiled rows run exactly the untiled FFN.
+    """
+    for layer in model.decoder.layers:
+        if isinstance(layer.mlp, TiledFeedForward):
+            layer.mlp.tile_tokens = tile_tokens or sys.maxsize
+
+
+def make_step(setting: Setting, variant: str, seed: int, ffn_tile_tokens: int | None = None) -> Callable[..., None]:
+    """One training step of ``variant``: mask, forward(s), backward, then the optimizer if ``optimize``.
+
+    With ``ffn_tile_tokens``, a variant named with :data:`TILED_SUFFIX` is its base
+    variant with FFN tiles of that many positions and every other variant runs untiled
+    (the model's FFNs made tileable beforehand); without, the model is run as it is.
+    """
+    tiles = ffn_tile_tokens if variant.endswith(TILED_SUFFIX) else None
+    variant = variant.removesuffix(TILED_SUFFIX)
     bilevel, attention = VARIANT_SETTINGS[variant]
     model, slots, s = setting.model, setting.slots, setting
     device = s.tokens.device
 
+    def set_tiles() -> None:
+        if ffn_tile_tokens is not None:
+            set_ffn_tiles(model, tiles)
+
     def optimised(optimize: bool = True) -> None:
+        set_tiles()
         s.optimizer.zero_grad(set_to_none=True)
         mask = build_mask(s.layout, attention, s.mask_kind, dtype=s.dtype)
         result = bilevel_step(
@@ -126,6 +157,7 @@ def make_step(setting: Setting, variant: str, seed: int) -> Callable[..., None]:
             s.optimizer.step()
 
     def straightforward(optimize: bool = True) -> None:
+        set_tiles()
         s.optimizer.zero_grad(set_to_none=True)
         mask = build_mask(s.layout, attention, s.mask_kind, dtype=s.dtype)
         lora = lora_from_fast_weights(slots.init([seed], device=device))
@@ -246,8 +278,9 @@ def run_cell(args, preset: Preset, model: SplitDecoder, slots, seq_len: int, ac:
         activation_checkpointing=ac != "off",
         dtype=next(model.parameters()).dtype,
     )
-    steps = {v: make_step(setting, v, seed=seq_len) for v in args.variants}
-    cell = {v: Measurement() for v in args.variants}
+    variants = row_variants(args)
+    steps = {v: make_step(setting, v, seed=seq_len, ffn_tile_tokens=args.ffn_tile_tokens) for v in variants}
+    cell = {v: Measurement() for v in variants}
     label = f"{seq_len} tokens, AC {ac}"
     for variant, step in steps.items():  # warm-up: compilation, allocator, optimizer state
         try:
@@ -256,7 +289,7 @@ def run_cell(args, preset: Preset, model: SplitDecoder, slots, seq_len: int, ac:
         except torch.OutOfMemoryError:
             cell[variant].error = "OOM"
             torch.cuda.empty_cache()
-    live = [v for v in args.variants if cell[v].error is None]
+    live = [v for v in variants if cell[v].error is None]
     repeats = preset.repeats if args.repeats is None else args.repeats
     for round_index in range(repeats):
         order = live[round_index % len(live) :] + live[: round_index % len(live)] if live else []
@@ -271,7 +304,14 @@ def run_cell(args, preset: Preset, model: SplitDecoder, slots, seq_len: int, ac:
             cell[variant].memory = peak_memory_growth(partial(steps[variant], optimize=False), device)
     results[(seq_len, ac)] = cell
     if not args.no_breakdown and "FocuSFT" in live and args.inner_steps > 0:
+        set_ffn_tiles(model, None)
         results[("breakdown", seq_len, ac)] = breakdown(setting, seed=seq_len)
+
+
+def row_variants(args) -> list[str]:
+    """The variants asked for, then their tiled-FFN rows when ``--ffn-tile-tokens`` is given."""
+    tiled = [v + TILED_SUFFIX for v in TILED_VARIANTS if v in args.variants] if args.ffn_tile_tokens else []
+    return [*args.variants, *tiled]
 
 
 def report(args, preset: Preset, fraction: float, results) -> str:
@@ -281,7 +321,11 @@ def report(args, preset: Preset, fraction: float, results) -> str:
     lines = [
         f"### Step benchmark: preset `{preset.name}`, {preset.dtype}, K={args.inner_steps}, "
         f"adapted layer fraction f={fraction:.3f}"
-        + (f", FFN in tiles of {args.ffn_tile_tokens} positions" if args.ffn_tile_tokens else ""),
+        + (
+            f', rows "…{TILED_SUFFIX}": FFN in tiles of {args.ffn_tile_tokens} positions'
+            if args.ffn_tile_tokens
+            else ""
+        ),
         "",
         "| length | AC | variant | median s/step | spread (min–max) | "
         + ("CPU s/step | " if on_cpu else "")
@@ -290,12 +334,13 @@ def report(args, preset: Preset, fraction: float, results) -> str:
         + " | memory / SFT | cost model |",
         "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if on_cpu else ""),
     ]
-    checks: list[tuple[str, float, float]] = []
+    checks: list[tuple[str, float, float | None]] = []  # (name, measured, target; None: shown, no target)
+    tiling: list[str] = []
     for (seq_len, ac), cell in ((k, v) for k, v in results.items() if k[0] != "breakdown"):
         base = cell.get("Standard SFT")
-        base = base if base is not None and base.times else None
+        base = base if base is not None and not base.error else None
         model = cost_model(args.inner_steps, fraction, ac)
-        for variant in args.variants:
+        for variant in row_variants(args):
             m = cell[variant]
             if m.error:
                 lines.append(f"| {seq_len} | {ac} | {variant} | {m.error} | | | | | | |" + (" |" if on_cpu else ""))
@@ -308,7 +353,7 @@ def report(args, preset: Preset, fraction: float, results) -> str:
                 predicted = f"{model:.3f} (measured {ratio - model:+.3f})"
             lines.append(
                 f"| {seq_len} | {ac} | {variant} | {m.median:.4f} | "
-                f"{min(m.times):.4f}–{max(m.times):.4f} | "
+                + (f"{min(m.times):.4f}–{max(m.times):.4f} | " if m.times else "– | ")
                 + (f"{m.cost(device):.4f} | " if on_cpu else "")
                 + f"{seq_len / m.median:,.0f} | {memory} | "
                 f"{ratio:.3f}× | {mem_ratio:.3f}× | {predicted} |"
@@ -337,6 +382,14 @@ def report(args, preset: Preset, fraction: float, results) -> str:
                         BIDIR_TIME_TARGET_AC_ON,
                     )
                 )
+            if bidir and not bidir.error and focus.memory is not None and bidir.memory:
+                checks.append(
+                    (
+                        f"{seq_len}, AC {ac}: FocuSFT / SFT+Bidir memory growth (same mask)",
+                        focus.memory / bidir.memory,
+                        None,
+                    )
+                )
             slow = cell.get("FocuSFT straightforward")
             if slow and not slow.error:
                 checks.append(
@@ -346,6 +399,24 @@ def report(args, preset: Preset, fraction: float, results) -> str:
                         STRAIGHTFORWARD_TARGET,
                     )
                 )
+        for variant in TILED_VARIANTS:
+            plain, tiled = cell.get(variant), cell.get(variant + TILED_SUFFIX)
+            if plain and tiled and not plain.error and not tiled.error and plain.memory and tiled.memory is not None:
+                tiling.append(
+                    f"| {seq_len} | {ac} | {variant} | {plain.memory / 2**20:.1f} MiB | "
+                    f"{tiled.memory / 2**20:.1f} MiB | "
+                    f"{tiled.memory / plain.memory:.3f}× | {tiled.cost(device) / plain.cost(device):.3f}× |"
+                )
+    if tiling:
+        lines += [
+            "",
+            f"Sequence-tiled FFN, tiles of {args.ffn_tile_tokens} positions, against the same variant untiled:",
+            "",
+            "| length | AC | variant | memory growth untiled | tiled | tiled / untiled memory | "
+            + ("tiled / untiled CPU time |" if on_cpu else "tiled / untiled time |"),
+            "|---|---|---|---|---|---|---|",
+            *tiling,
+        ]
     for key, parts in ((k, v) for k, v in results.items() if k[0] == "breakdown"):
         _, seq_len, ac = key
         total = sum(t for _, t in parts)
@@ -364,9 +435,12 @@ def report(args, preset: Preset, fraction: float, results) -> str:
         "included; the optimizer step, the same for every variant, left out). CPU: live tensor storages "
         "(benchmarks/memory.py); CUDA: max_memory_allocated.",
     ]
+    checks = [c for c in checks if not math.isnan(c[1])]  # no time ratios without timed rounds
     lines += ["", "Targets (issues 11 and 17):", "", "| check | measured | target | |", "|---|---|---|---|"]
     lines += [
-        f"| {name} | {value:.3f}× | ≤ {limit:.2f}× | {'pass' if value <= limit else 'FAIL'} |"
+        f"| {name} | {value:.3f}× | – | (shown) |"
+        if limit is None
+        else f"| {name} | {value:.3f}× | ≤ {limit:.2f}× | {'pass' if value <= limit else 'FAIL'} |"
         for name, value, limit in checks
     ]
     lines += [
@@ -394,11 +468,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="activation checkpointing: off; on (trunk and outer pass; inner passes selectively: attention "
         "outputs kept); on+inner (inner passes fully recomputed); on+no-inner (inner passes keep everything)",
     )
-    parser.add_argument("--ffn-tile-tokens", type=int, help="sequence-tiled FFN with tiles of this many positions")
+    parser.add_argument(
+        "--ffn-tile-tokens", type=int, help="add Standard SFT and FocuSFT rows with FFN tiles of this many positions"
+    )
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--inner-steps", type=int, default=2)
     parser.add_argument("--layer-fraction", type=float, default=0.35)
-    parser.add_argument("--repeats", type=int, help="timed rounds (default: the preset's)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default: the preset's; 0: memory only)")
     parser.add_argument("--warmup", type=int, help="warm-up steps per variant (default: the preset's)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--fsdp", action="store_true", help="shard with FSDP2 over one process, as the recipe does")

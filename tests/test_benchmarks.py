@@ -1,6 +1,7 @@
 """The benchmark scripts' CPU-testable parts: presets, arguments, the cost model, a tiny run of each."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -8,7 +9,11 @@ import torch
 from benchmarks import max_seq_len, step_benchmark
 from benchmarks.data import context_flags, synthetic_batch
 from benchmarks.models import PRESETS, build_model
-from focusft.split_decoder import IGNORE_INDEX
+from focusft.bilevel import InnerLoopConfig
+from focusft.fast_weights import FastWeightConfig, attach_fast_weight_slots
+from focusft.masks import document_positions
+from focusft.split_decoder import IGNORE_INDEX, SplitDecoder
+from focusft.tiled_ffn import apply_tiled_ffn
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -53,14 +58,55 @@ def test_dry_run_prints_the_plan_for_a_gpu_preset(capsys):
 
 def test_a_tiny_cpu_run_prints_every_variant_breakdown_and_targets(tmp_path, capsys):
     raw = tmp_path / "raw.json"
-    step_benchmark.main(["--seq-lens", "64", "--ac", "on", "--repeats", "1", "--warmup", "0", "--json", str(raw)])
+    argv = ["--seq-lens", "64", "--ac", "on", "--repeats", "1", "--warmup", "0", "--ffn-tile-tokens", "16"]
+    step_benchmark.main([*argv, "--json", str(raw)])
     out = capsys.readouterr().out
-    for variant in step_benchmark.VARIANTS:
+    tiled = [v + step_benchmark.TILED_SUFFIX for v in step_benchmark.TILED_VARIANTS]
+    for variant in [*step_benchmark.VARIANTS, *tiled]:
         assert f"| 64 | on | {variant} |" in out
     assert "| outer backward |" in out and "| inner step 2 (" in out
     assert "FocuSFT / straightforward time" in out and "FocuSFT / SFT memory growth" in out
+    assert "FocuSFT / SFT+Bidir time" in out and "| 64 | on | FocuSFT | " in out.split("Sequence-tiled FFN")[1]
     cell = json.loads(raw.read_text())["64|on"]
     assert all(len(m["times"]) == 1 and m["memory"] > 0 for m in cell.values())
+
+
+def test_untiled_rows_run_the_plain_ffn_and_tiled_rows_the_tiles():
+    """--ffn-tile-tokens: one tileable model, the untiled rows with a tile over the whole row (a plain FFN call)."""
+    preset = PRESETS["cpu"]
+    decoder = build_model(preset, "cpu", torch.float32)
+    slots = attach_fast_weight_slots(decoder, FastWeightConfig(layer_fraction=0.35))
+    apply_tiled_ffn(decoder, 16)
+    model = SplitDecoder(decoder, slots)
+    calls = []
+    for layer in decoder.layers:
+        layer.mlp.register_forward_pre_hook(
+            lambda m, args, kwargs: calls.append((m.tile_tokens, args[0].shape[1], kwargs.get("tiled", True))),
+            with_kwargs=True,
+        )
+    tokens, labels, layout = synthetic_batch(64, preset.vocab_size, seed=0, device="cpu")
+    setting = step_benchmark.Setting(
+        model=model,
+        slots=slots,
+        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-5),
+        inner=InnerLoopConfig(steps=1),
+        tokens=tokens,
+        labels=labels,
+        layout=layout,
+        input_pos=document_positions(layout.doc),
+        mask_kind="dense",
+        activation_checkpointing=True,
+        dtype=torch.float32,
+    )
+    # (tile, positions, tiled) of each FFN call: the tiled rows call the FFN once per tile of 16 inside.
+    expected = {
+        "FocuSFT": {(sys.maxsize, 64, True)},
+        "FocuSFT" + step_benchmark.TILED_SUFFIX: {(16, 64, True), (16, 16, False)},
+    }
+    for variant, calls_seen in expected.items():
+        calls.clear()
+        step_benchmark.make_step(setting, variant, seed=0, ffn_tile_tokens=16)(optimize=False)
+        assert set(calls) == calls_seen
 
 
 def test_max_seq_len_search_runs_under_fsdp_on_cpu(tmp_path, capsys):
