@@ -2,16 +2,19 @@
 
 The model of a preset is built under ``FakeTensorMode`` (tensors with shapes and
 dtypes, no storage) and one training step of the recipe (mask, :func:`bilevel_step`,
-outer backward, AdamW step) runs on it, twice (the second with the optimizer state);
-:class:`benchmarks.memory.TensorMemoryTracker`, the dispatch-mode storage counter the
-CPU benchmarks measure with, follows every storage the step creates and frees and
-reports the peak. Nothing is allocated, so a 72B model at 1M tokens is estimated on a
-laptop. (torch's ``MemTracker`` from ``torch.distributed._tools`` does the same
-counting, but its module tracker's hooks change what the bilevel step keeps alive:
-measured on the CPU preset at 1K tokens, 78 MiB of peak growth under it, 55 MiB
-without it; its Standard SFT figure equals ours to 0.02%.) The host-side inputs (tokens, labels, layout) are real
-and enter as fake-tensor *constants*, so the data-dependent operations of the step
-(selecting response tokens, counting each document's tokens) run on their real values.
+outer backward, AdamW step) runs on it; :class:`SegmentTracker`, built on the
+dispatch-mode storage counter the CPU benchmarks measure with
+(:class:`benchmarks.memory.TensorMemoryTracker`), follows every storage the step
+creates and frees and reports the peak of each segment of the step. Nothing is
+allocated, and the step runs on three reduced models whose results are extrapolated
+to the preset's depth (:func:`estimate_step`), so a 72B model at 1M tokens is
+estimated on a laptop. (torch's ``MemTracker`` from ``torch.distributed._tools`` does
+the same counting, but its module tracker's hooks change what the bilevel step keeps
+alive: measured when this was built, on the CPU preset at 1K tokens, 78 MiB of peak
+growth under it, 55 MiB without it; its Standard SFT figure equals ours to 0.02%.)
+The host-side inputs (tokens, labels, layout) are real and enter as fake-tensor
+*constants*, so the data-dependent operations of the step (selecting response tokens,
+counting each document's tokens) run on their real values.
 
 What is modelled and how (``attention="flex"``, the GPU path):
 
@@ -23,8 +26,13 @@ What is modelled and how (``attention="flex"``, the GPU path):
 - Activation offloading: saved tensors are moved to the ``meta`` device (host memory
   stands apart from the device's; the copies are not counted).
 - One GPU with FSDP2: one shard is the whole model, so parameters, gradients and AdamW
-  states are the plain model's. FSDP2's unsharded copies of the layers being computed
-  (one or two layers at a time) are not modelled: for 7B in bf16 under 1 GiB.
+  states are the plain model's. The optimizer is the configs' fused ``torch.optim.AdamW``,
+  whose two states are ``zeros_like(parameter)``: bf16 on the GPU presets, not fp32
+  (torchtune's recipes keep no fp32 master copy either). By default the step is a
+  micro-batch after the first of a gradient accumulation (the configs accumulate 4), so
+  the θ-gradients exist before it starts (``StepOptions.accumulated_gradients``). FSDP2's
+  unsharded copies of the layers being computed (one or two layers at a time) are not
+  modelled: for 7B in bf16 under 1 GiB.
 
 ``attention="dense"`` runs the CPU path exactly (dense additive mask, SDPA with a mask):
 its estimate is compared with the measured peak of a real CPU step (the test and
@@ -41,8 +49,9 @@ from typing import Literal
 import torch
 import torch._subclasses.fake_tensor as fake_tensor_module
 import torch.nn.functional as F
+from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torchtune.modules import MultiHeadAttention
+from torchtune.modules import MultiHeadAttention, TransformerDecoder
 
 from benchmarks.data import synthetic_batch
 from benchmarks.memory import TensorMemoryTracker
@@ -71,6 +80,9 @@ class StepOptions:
     ffn_tile_tokens: int | None = None
     inner_steps: int = 2
     layer_fraction: float = 0.35
+    # A micro-batch after the first of an accumulation (configs/*: gradient_accumulation_steps 4):
+    # the θ-gradients are allocated before it starts, as after a recipe's first micro-batch.
+    accumulated_gradients: bool = True
 
     @property
     def name(self) -> str:
@@ -131,23 +143,109 @@ def _offload_to_meta() -> contextlib.AbstractContextManager:
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
+def layer_split(preset: Preset, layer_fraction: float) -> tuple[int, int]:
+    """``(trunk layers, adapted layers)`` of the preset's full model (``FastWeightConfig.first_adapted_layer``)."""
+    num_layers = len(build_model(preset, "meta", torch.bfloat16).layers)
+    first = FastWeightConfig(layer_fraction=layer_fraction).first_adapted_layer(num_layers)
+    return first, num_layers - first
+
+
+# The reduced models a scaled estimate runs: (trunk layers, adapted layers).
+BASE, MORE_TRUNK, MORE_ADAPTED = (1, 1), (2, 1), (1, 2)
+
+
 def estimate_step(
-    preset: Preset, seq_len: int, options: StepOptions, attention: Attention = "flex", seed: int = 0
+    preset: Preset,
+    seq_len: int,
+    options: StepOptions,
+    attention: Attention = "flex",
+    seed: int = 0,
+    scaled: bool = True,
 ) -> Estimate:
-    """Peak memory of one training step of ``options`` at ``seq_len`` tokens (batch 1), in bytes, on fake tensors."""
-    return _step_memory(preset, seq_len, options, attention, seed, fake_tensors=True)
+    """Peak memory of one training step of ``options`` at ``seq_len`` tokens (batch 1), in bytes, on fake tensors.
+
+    ``scaled`` (default) runs the step on three reduced models (1 trunk + 1 adapted layer,
+    one more trunk layer, one more adapted layer) and extrapolates to the preset's layer
+    counts: the layers of each kind are identical, so every quantity that can be the peak
+    (the bytes alive before the step, the peak of each segment of the step, see
+    :class:`SegmentTracker`) grows by a fixed amount per layer of each kind, and the
+    estimate is the largest extrapolated segment peak. Its cost no longer grows with the
+    depth (72B: 80 layers); tests/test_memory_estimate.py checks it equals the full
+    model's estimate on the CPU preset.
+    """
+    if not scaled:
+        before, segments = _step_memory(preset, seq_len, options, attention, seed, fake_tensors=True)
+        return Estimate(peak=max(peak for _, peak in segments), before=before)
+    trunk, adapted = layer_split(preset, options.layer_fraction)
+    runs = {
+        layers: _step_memory(preset, seq_len, options, attention, seed, fake_tensors=True, layers=layers)
+        for layers in (BASE, MORE_TRUNK, MORE_ADAPTED)
+    }
+    names = {layers: [name for name, _ in segments] for layers, (_, segments) in runs.items()}
+    if len({tuple(n) for n in names.values()}) != 1:
+        raise RuntimeError(f"FocuSFT estimate error: the reduced models' steps differ in their segments: {names}")
+
+    def scale(value: dict[tuple[int, int], int]) -> int:
+        per_trunk = value[MORE_TRUNK] - value[BASE]
+        per_adapted = value[MORE_ADAPTED] - value[BASE]
+        return value[BASE] + (trunk - 1) * per_trunk + (adapted - 1) * per_adapted
+
+    before = scale({layers: run[0] for layers, run in runs.items()})
+    peaks = [scale({layers: run[1][i][1] for layers, run in runs.items()}) for i in range(len(names[BASE]))]
+    return Estimate(peak=max(peaks), before=before)
 
 
 def measure_step(preset: Preset, seq_len: int, options: StepOptions, seed: int = 0) -> Estimate:
     """The same step on real CPU tensors (dense mask), measured: what :func:`estimate_step` is checked against."""
     if preset.device != "cpu" or options.offload:
         raise ValueError("measure_step runs CPU presets without offloading (the estimate's reference).")
-    return _step_memory(preset, seq_len, options, "dense", seed, fake_tensors=False)
+    before, segments = _step_memory(preset, seq_len, options, "dense", seed, fake_tensors=False)
+    return Estimate(peak=max(peak for _, peak in segments), before=before)
+
+
+class SegmentTracker(TensorMemoryTracker):
+    """:class:`TensorMemoryTracker` that also keeps the peak of each segment of the step, between marks.
+
+    Segments: each call of the model (trunk; each head pass, an inner pass with its own
+    backward), the outer backward through the head, the rest of the backward (trunk,
+    embeddings), the optimizer step. Within one, each layer adds the same bytes, so its
+    peak is affine in the number of layers of each kind (what :func:`estimate_step` scales).
+    """
+
+    def __init__(self, base: int) -> None:
+        super().__init__()
+        self.base = base  # bytes alive before the block that the tracker does not see (parameters, state)
+        self.segments: list[tuple[str, int]] = []
+        self._name = "start"
+
+    def mark(self, name: str) -> None:
+        self.segments.append((self._name, self.base + self.peak))
+        self._name, self.peak = name, self.live
+
+
+def _reduced(decoder: TransformerDecoder, layers: tuple[int, int] | None, layer_fraction: float):
+    """The decoder with ``layers = (trunk, adapted)`` of its layers kept, and the fast-weight config adapting them."""
+    if layers is None:
+        return decoder, FastWeightConfig(layer_fraction=layer_fraction)
+    trunk, adapted = layers
+    full = list(decoder.layers)
+    decoder.layers = nn.ModuleList(full[:trunk] + full[len(full) - adapted :])
+    # first_adapted_layer = int(n * (1 - f)): half a layer of margin keeps float rounding off ``trunk``.
+    config = FastWeightConfig(layer_fraction=(adapted - 0.5) / (trunk + adapted))
+    assert config.first_adapted_layer(trunk + adapted) == trunk
+    return decoder, config
 
 
 def _step_memory(
-    preset: Preset, seq_len: int, options: StepOptions, attention: Attention, seed: int, fake_tensors: bool
-) -> Estimate:
+    preset: Preset,
+    seq_len: int,
+    options: StepOptions,
+    attention: Attention,
+    seed: int,
+    fake_tensors: bool,
+    layers: tuple[int, int] | None = None,
+) -> tuple[int, list[tuple[str, int]]]:
+    """Bytes alive before the step, and ``(segment, peak bytes)`` of each segment of one training step."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[preset.dtype]
     tokens, labels, layout = synthetic_batch(seq_len, preset.vocab_size, seed=seed, device="cpu")
     mode = FakeTensorMode() if fake_tensors else None
@@ -159,8 +257,8 @@ def _step_memory(
         tokens, labels = fake(tokens), fake(labels)
         layout = type(layout)(**{name: fake(getattr(layout, name)) for name in ("context", "doc", "valid")})
         input_pos = document_positions(layout.doc)
-        decoder = build_model(preset, "cpu", dtype, seed=seed)
-        slots = attach_fast_weight_slots(decoder, FastWeightConfig(layer_fraction=options.layer_fraction))
+        decoder, fast_config = _reduced(build_model(preset, "cpu", dtype, seed=seed), layers, options.layer_fraction)
+        slots = attach_fast_weight_slots(decoder, fast_config)
         apply_tiled_ffn(decoder, options.ffn_tile_tokens)
         if attention == "flex":
             for module in decoder.modules():
@@ -174,11 +272,36 @@ def _step_memory(
             inner_checkpoint_mode(options.activation_checkpointing, options.inner_activation_checkpointing),
             offload,
         )
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
+        # The recipes' optimizer (configs/*: fused AdamW): its state is zeros_like(parameter), the
+        # parameters' dtype (bf16 on the GPU presets), plus a one-element step count each.
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01, fused=True)
+        params = list(model.parameters())
+        for p in params:  # the state of a previous step, made without running one
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        if not options.accumulated_gradients:
+            optimizer.zero_grad(set_to_none=True)
+        before = sum(
+            t.numel() * t.element_size()
+            for p in params
+            for t in (p, p.grad, *optimizer.state[p].values())
+            if t is not None
+        )
         inner = InnerLoopConfig(steps=options.inner_steps) if options.bilevel else None
         attention_mode = "bidir_context" if options.bilevel else "causal"
+        tracker = SegmentTracker(before)
+        calls = iter(range(1 << 30))
 
-        def step() -> None:
+        def mark_call(module, args) -> None:
+            tracker.mark(f"{args[0]} {next(calls)}")
+
+        def mark_call_end(module, args, output: torch.Tensor) -> None:
+            tracker.mark(f"after {args[0]} {next(calls)}")  # an inner pass's backward follows its head call
+            if args[0] == "trunk" and output.requires_grad:
+                output.register_hook(lambda grad: tracker.mark("backward through the trunk"))
+
+        hooks = [model.register_forward_pre_hook(mark_call), model.register_forward_hook(mark_call_end)]
+        with tracker:
             if attention == "flex":
                 block_mask = fake_block_mask_tensors(*layout.shape)
                 mask = None
@@ -194,16 +317,13 @@ def _step_memory(
                 inner=inner,
                 initial_fast_weights=slots.init([seed]) if inner else None,
             )
+            tracker.mark("backward through the head")
             (result.loss / result.num_tokens.clamp(min=1)).backward()
             del result, block_mask, mask
+            tracker.mark("optimizer step")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-
-        tracker = TensorMemoryTracker()
-        with tracker:
-            step()  # creates the optimizer state
-        state = tracker.peak = tracker.live  # what stays: the optimizer state (parameters are not counted)
-        with tracker:
-            step()
-        params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return Estimate(peak=params + tracker.peak, before=params + state)
+            tracker.mark("end")
+        for hook in hooks:
+            hook.remove()
+    return before, tracker.segments

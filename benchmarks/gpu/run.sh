@@ -6,7 +6,9 @@
 #      dtype=bf16 through NCCL with and without compile; with 2+ GPUs visible also Ulysses sequence
 #      parallelism (sp=2, BlockMask over NCCL) = one GPU (skipped on one GPU);
 #   3. the step benchmark (five variants) on the Qwen2.5-1.5B and -7B architectures;
-#   4. the longest sequence at which FocuSFT trains each with FSDP2 + activation checkpointing.
+#   4. the longest sequence at which FocuSFT trains each with FSDP2 + activation checkpointing, then
+#      with activation offloading and the tiled FFN too; at the first length that trains, the
+#      fake-tensor estimate beside torch.cuda.max_memory_allocated (issue 17).
 #
 #   benchmarks/gpu/run.sh             # on the GPU machine
 #   benchmarks/gpu/run.sh --dry-run   # every stage on the CPU with the tiny preset (checks the script)
@@ -68,6 +70,9 @@ if [[ $DRY_RUN -eq 1 ]]; then
   SMALL=(--preset cpu --seq-lens 128 --repeats 1 --warmup 0)
   SEARCH_BIG=(--preset cpu --start 128 --stop 256)
   SEARCH_SMALL=(--preset cpu --start 128 --stop 128)
+  SEARCH_BIG_OPT=(--preset cpu --start 128 --stop 256)
+  SEARCH_SMALL_OPT=(--preset cpu --start 128 --stop 128)
+  TILE=(--ffn-tile-tokens 64)
 else
   if ! "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     log "no CUDA GPU visible; use --dry-run to check this script on a CPU"
@@ -78,6 +83,11 @@ else
   # Start at the goals (64K for 1.5B, 32K for 7B on an H200): one doubling above them fits the time.
   SEARCH_SMALL=(--preset qwen2.5-1.5b --start 65536 --stop 131072)
   SEARCH_BIG=(--preset qwen2.5-7b --start 32768 --stop 65536)
+  # With offloading and FFN tiles: one doubling above the plain search's lengths (the estimates'
+  # targets, 512K for 1.5B and 256K for 7B, take minutes per step: run them with a longer budget).
+  SEARCH_SMALL_OPT=(--preset qwen2.5-1.5b --start 131072 --stop 262144)
+  SEARCH_BIG_OPT=(--preset qwen2.5-7b --start 65536 --stop 131072)
+  TILE=(--ffn-tile-tokens 8192)
 fi
 
 # 2. CUDA-only tests (skipped on a CPU) and the CPU tests of the pieces they rely on.
@@ -88,19 +98,19 @@ stage "CUDA tests" 210 tests.log "$PY" -m pytest -q -x -p no:cacheprovider \
 stage "step benchmark, small model" 90 step_small.md "$PY" -m benchmarks.step_benchmark "${SMALL[@]}" --ac on
 stage "step benchmark, large model" 75 step_large.md "$PY" -m benchmarks.step_benchmark "${BIG[@]}" --ac on
 
-# 4. Longest sequence that trains, FSDP2 + activation checkpointing (one JSON line per length tried).
-stage "longest sequence, small model" 75 max_len_small.txt "$PY" -m benchmarks.max_seq_len "${SEARCH_SMALL[@]}" \
-  --budget-s 45
-stage "longest sequence, large model" 75 max_len_large.txt "$PY" -m benchmarks.max_seq_len "${SEARCH_BIG[@]}" \
-  --budget-s 45
-
-# 5. The no-GPU estimate beside the measured search (issue 17): estimated peak per length and option.
-if [[ $DRY_RUN -eq 1 ]]; then
-  stage "memory estimate vs measured (CPU)" 600 estimate.md "$PY" -m benchmarks.max_seq_len --validate
-else
-  stage "memory estimate" 300 estimate.md "$PY" -m benchmarks.max_seq_len --estimate \
-    --preset qwen2.5-1.5b qwen2.5-7b --gpu-memory-gib 139 --refine 1
-fi
+# 4. Longest sequence that trains, FSDP2 + activation checkpointing (one JSON line per length tried),
+#    plain and with offloading + FFN tiles; each prints the estimate beside the measured peak once.
+#    (The full no-GPU estimate tables are CPU work: python -m benchmarks.max_seq_len --estimate.)
+stage "longest sequence, small model" 60 max_len_small.txt "$PY" -m benchmarks.max_seq_len "${SEARCH_SMALL[@]}" \
+  --budget-s 30 --compare-estimate
+stage "longest sequence, small model, offload + FFN tiles" 60 max_len_small_offload_tiles.txt \
+  "$PY" -m benchmarks.max_seq_len "${SEARCH_SMALL_OPT[@]}" --offload --tiled "${TILE[@]}" --budget-s 30 \
+  --compare-estimate
+stage "longest sequence, large model" 60 max_len_large.txt "$PY" -m benchmarks.max_seq_len "${SEARCH_BIG[@]}" \
+  --budget-s 30 --compare-estimate
+stage "longest sequence, large model, offload + FFN tiles" 60 max_len_large_offload_tiles.txt \
+  "$PY" -m benchmarks.max_seq_len "${SEARCH_BIG_OPT[@]}" --offload --tiled "${TILE[@]}" --budget-s 30 \
+  --compare-estimate
 
 log "done in $(( $(date +%s) - START ))s; results in $RESULTS (status $STATUS)"
 exit $STATUS
