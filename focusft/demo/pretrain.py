@@ -13,7 +13,10 @@ first token. So this text is
   the default) of higher entropy: a share of them words in random order, which nothing earlier
   in the text helps to predict;
 - plus back-references ("Mary left the kitchen." after "Mary went to the kitchen.") whose
-  last word can only be copied from far back: the heads that copy are busy on those tokens only.
+  last word can only be copied from far back: the heads that copy are busy on those tokens only;
+- (``--text backcopy``) a ``--chain-share`` of the pieces token chains of a fixed sparse bigram
+  language in which a trigger token is followed by a copy of the token before it
+  (:class:`BigramBackcopy`): a head needed on the triggers only, idle everywhere else.
 
 It holds no question about a person's place (the demo's task) and no fact twice.
 
@@ -88,6 +91,35 @@ class StoryWriter:
         return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 8))).capitalize() + "."
 
 
+class BigramBackcopy:
+    """Token streams of a fixed sparse bigram language with back-copy triggers (Guo et al. 2024's task).
+
+    Every ordinary token has ``successors`` likely next tokens (drawn once from ``seed``: the
+    same language in every document), so most positions are predicted by the current token
+    alone and need nothing from the context; after one of ``triggers`` trigger tokens the next
+    token is the one before the trigger, which only a head attending back can supply. Such a
+    head is needed on trigger tokens only and must stay idle elsewhere: the condition under
+    which idle heads park their attention on the first tokens.
+    """
+
+    def __init__(self, tokens: list[int], seed: int, successors: int = 3, triggers: int = 12) -> None:
+        language = random.Random(f"bigram|{seed}")
+        self.tokens = tokens
+        self.triggers = set(language.sample(tokens, triggers))
+        self.next = {t: language.sample(tokens, successors) for t in tokens}
+        self.weights = [0.6, 0.25, 0.15][:successors] if successors <= 3 else [1.0] * successors
+
+    def stream(self, rng: random.Random, length: int) -> list[int]:
+        out = [rng.choice(self.tokens)]
+        while len(out) < length:
+            current = out[-1]
+            if current in self.triggers and len(out) >= 2:
+                out.append(out[-2])
+            else:
+                out.append(rng.choices(self.next[current], self.weights)[0])
+        return out
+
+
 class Corpus:
     """Pre-training rows of exactly ``length`` tokens: one conversation each, cut at the end.
 
@@ -95,11 +127,16 @@ class Corpus:
     row; a row whose last user sentence runs past its end has none.
     """
 
-    def __init__(self, tokenizer_file: Path, length: int, seed: int, high_entropy: bool = True) -> None:
+    def __init__(
+        self, tokenizer_file: Path, length: int, seed: int, text: str = "mixed", chain_share: float = 0.5
+    ) -> None:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.length = length
         self.rng = random.Random(seed)
-        self.high_entropy = high_entropy
+        self.high_entropy = text != "grammar"
+        ordinary = sorted(self.tokenizer.get_vocab(with_added_tokens=False).values())
+        self.chain = BigramBackcopy(ordinary, seed) if text == "backcopy" else None
+        self.chain_share = chain_share
         self.cache: dict[str, list[int]] = {}
         self.prefix = self.encode(SYSTEM_PREFIX)
         self.header = self.encode(ASSISTANT_HEADER)
@@ -118,7 +155,10 @@ class Corpus:
                 tokens += self.header
                 space, in_user = "", False
                 continue
-            tokens += self.encode(space + writer.sentence())
+            if self.chain is not None and self.rng.random() < self.chain_share:
+                tokens += self.chain.stream(self.rng, self.rng.randint(8, 32))
+            else:
+                tokens += self.encode(space + writer.sentence())
             space = " "
         return tokens[: self.length + 1]
 
@@ -159,7 +199,7 @@ def pretrain(args: argparse.Namespace) -> Path:
         num_kv_heads=max(1, args.heads // 2),
     )  # fmt: skip
     write_tiny_tokenizer(out, config.vocab_size)
-    corpus = Corpus(out / "tokenizer.json", args.seq_len, args.seed, high_entropy=args.text == "mixed")
+    corpus = Corpus(out / "tokenizer.json", args.seq_len, args.seed, args.text, args.chain_share)
     samples = held_out_samples(out, args.measure_samples, args.measure_tokens)
     model = seeded_tiny_qwen2_5(args.seed, **asdict(config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
@@ -213,9 +253,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stop-after", type=int, help="stop at this step (the schedule still spans --steps)")
     parser.add_argument(
         "--text",
-        choices=["grammar", "mixed"],
+        choices=["grammar", "mixed", "backcopy"],
         default="mixed",
-        help="grammar: sentences of a small grammar only; mixed: also words in random order (higher entropy)",
+        help="grammar: sentences of a small grammar only; mixed: also words in random order (higher entropy); "
+        "backcopy: mixed sentences and token chains of a bigram language with back-copy triggers",
+    )
+    parser.add_argument(
+        "--chain-share",
+        type=float,
+        default=0.5,
+        help="backcopy: share of bigram chains among the pieces",
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)

@@ -1,9 +1,10 @@
 """The demo's base model, shipped in ``focusft/demo/base`` (``python -m focusft.demo.shipped_base OUT``).
 
 It was made once by ``python -m focusft.demo.pretrain focusft/demo/base ...`` (the command and
-the sink mass over training are in ``focusft/demo/base/pretrain_log.jsonl``), so the demo starts
-from a model with an attention sink without paying for the pre-training. This copies its
-files (weights, config, tokenizer) to ``OUT``.
+the sink mass over training are in ``focusft/demo/base/pretrain_log.jsonl``), so the demo can
+start from a pre-trained model without paying for the pre-training. It was meant to have an
+attention sink; it has none (README, "The demo"). This copies its files (weights, config,
+tokenizer) to ``OUT``.
 """
 
 from __future__ import annotations

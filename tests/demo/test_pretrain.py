@@ -5,9 +5,20 @@ import random
 import re
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
+from focusft.analysis.segments import SINK_TOKENS
 from focusft.demo import shipped_base
-from focusft.demo.pretrain import ASSISTANT_HEADER, SYSTEM_PREFIX, Corpus, StoryWriter, main
+from focusft.demo.pretrain import (
+    ASSISTANT_HEADER,
+    SYSTEM_PREFIX,
+    BigramBackcopy,
+    Corpus,
+    StoryWriter,
+    held_out_samples,
+    main,
+)
 from focusft.eval.checkpoint import read_checkpoint
 from focusft.tiny import write_tiny_tokenizer
 
@@ -62,3 +73,45 @@ def test_the_shipped_base_is_complete_and_installs(tmp_path):
     missing = "FocuSFT demo error: the shipped base .* lacks config.json, model.safetensors"
     with pytest.raises(FileNotFoundError, match=missing):
         shipped_base.install(tmp_path / "again", base=tmp_path / "nowhere")
+
+
+def test_back_copy_triggers_repeat_the_token_before_them():
+    chain = BigramBackcopy(list(range(40)), seed=1)
+    stream = chain.stream(random.Random(2), 2000)
+    copies = [i for i in range(1, len(stream) - 1) if stream[i] in chain.triggers]
+    assert len(copies) > 100
+    assert all(stream[i + 1] == stream[i - 1] for i in copies)
+    others = [(a, b) for a, b in zip(stream, stream[1:]) if a not in chain.triggers]
+    assert all(b in chain.next[a] for a, b in others)  # elsewhere: the bigram only
+
+
+def test_backcopy_rows_mix_chains_and_stories_after_the_fixed_header(tmp_path):
+    write_tiny_tokenizer(tmp_path)
+    corpus = Corpus(tmp_path / "tokenizer.json", 256, seed=0, text="backcopy")
+    prefix = corpus.encode(SYSTEM_PREFIX)
+    rows = corpus.batch(8).tolist()
+    assert all(row[: len(prefix)] == prefix for row in rows)
+    text = corpus.tokenizer.decode(rows[0], skip_special_tokens=False)
+    assert "." in text and any(t in corpus.chain.triggers for row in rows for t in row[len(prefix) :])
+
+
+def test_the_shipped_base_has_the_sink_mass_its_log_reports():
+    """Recomputed independently: transformers' eager attention probabilities of the shipped weights."""
+    lines = (shipped_base.SHIPPED_BASE / "pretrain_log.jsonl").read_text().splitlines()
+    settings, last = json.loads(lines[0])["settings"], json.loads(lines[-1])
+    samples = held_out_samples(
+        shipped_base.SHIPPED_BASE, int(settings["measure_samples"]), int(settings["measure_tokens"])
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        shipped_base.SHIPPED_BASE, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    per_sample = []
+    for sample in samples:
+        with torch.no_grad():
+            attentions = model(sample.tokens[None], output_attentions=True).attentions  # [1, heads, s, s] per layer
+        # Share of each response query's attention on keys [0:5]: mean over heads and those queries, per layer.
+        layers = [a[0].mean(dim=0)[sample.response][:, :SINK_TOKENS].sum(dim=1).mean() for a in attentions]
+        per_sample.append(torch.stack(layers))
+    per_layer = torch.stack(per_sample).mean(dim=0)
+    assert per_layer.tolist() == pytest.approx(last["sink_mass_per_layer"], rel=1e-4, abs=1e-6)
+    assert per_layer.mean().item() == pytest.approx(last["sink_mass"], rel=1e-4)
