@@ -13,7 +13,10 @@ demo's held-out stories at the training length. Printed per setting, the two cri
 - ``exact %``: held-out exact match at the training length; ≥ 90% asked;
 
 and, to catch fast weights that memorise each answer instead of θ learning the task, θ's own
-answer loss (``inner_loss_before_0``) and the outer loss, both as means over the last 50 steps.
+answer loss (``inner_loss_before_0``) and the outer loss, both as means over the last 10 steps,
+and the step from which the inner loop lowers the answer loss by more than half. A run stopped
+by hand (a hopeless setting) is reported from its log so far; ``--report`` trains nothing and
+prints the table of the runs' logs as they are.
 A drop at θ at the start of training (``benchmarks/inner_loop_sweep.py``) does not predict
 either figure; hence a full run per setting. ``--nproc 1`` trains on one process with the
 per-process batch doubled, so the global batch (16) and the data stay the demo's; ``--jobs``
@@ -28,13 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from statistics import mean
+from typing import Any
 
 from focusft.demo.cli import Demo, parse_args
 from focusft.demo.results import eval_scores, inner_loss_drop, read_metrics
 from focusft.demo.settings import VARIANTS, FastWeightScale
-from focusft.demo.stages import StageError
+from focusft.demo.stages import MARKER, StageError
 
-TAIL = 50  # steps at the end of training over which θ's and the outer loss are averaged
+TAIL = 10  # steps at the end of a run over which θ's and the outer loss (and the drop's onset) are averaged
 
 
 def setting(text: str) -> FastWeightScale:
@@ -52,46 +56,53 @@ def tag(fw: FastWeightScale) -> str:
     return f"lr{fw.inner_lr:g}_r{fw.rank}_f{fw.layer_fraction:g}"
 
 
-def stopped(demo: Demo, fw: FastWeightScale) -> dict[str, float | str | None]:
-    """The row of a run that did not finish: the drop over its logged steps, no exact match."""
-    rows = read_metrics(demo.out / "runs" / f"train_{tag(fw)}" / "logs" / "metrics.txt")
-    return {"setting": f"{tag(fw)} (stopped at step {len(rows)})", "drop": inner_loss_drop(rows), "rows": rows}
+def onset(rows: list[dict[str, float]], window: int = TAIL, level: float = 0.5) -> int | None:
+    """The first step whose ``window``-step mean inner-loop drop passed ``level``: memorisation took over."""
+    for end in range(window, len(rows) + 1):
+        if (inner_loss_drop(rows[end - window : end]) or 0.0) > level:
+            return int(rows[end - 1]["step"])
+    return None
 
 
-def run_setting(demo: Demo, fw: FastWeightScale) -> dict[str, float | str | None]:
-    """Train FocuSFT with ``fw``, score it at the training length; the figures of one table row."""
-    data = demo.out / "data"
-    length = demo.size.eval_tokens[0]
-    overrides = [*VARIANTS["focusft"].overrides(), *fw.overrides()]
-    try:
-        checkpoint, _ = demo._train(f"train_{tag(fw)}", data / "train.jsonl", overrides, force=False)
-    except StageError as err:  # stopped by hand (a hopeless setting) or failed: the figures so far
-        print(f"focusft-sweep: {err}", flush=True)
-        return stopped(demo, fw)
-    eval_dir = demo.out / "eval" / tag(fw)
-    demo._stage(
-        f"eval_{tag(fw)}",
-        [
-            *(sys.executable, "-m", "focusft.demo.evaluate", str(checkpoint), "--label", tag(fw)),
-            *("--output-dir", str(eval_dir), "--attention", "causal", "--data", f"{length}={data}/eval_{length}.jsonl"),
-        ],
-        eval_dir,
-        {"checkpoint": str(checkpoint), "length": length},
-    )
+def log_figures(demo: Demo, fw: FastWeightScale) -> dict[str, Any]:
+    """The metric log's figures of one setting's run, finished or stopped: steps, drop, θ's and outer loss."""
     rows = read_metrics(demo.out / "runs" / f"train_{tag(fw)}" / "logs" / "metrics.txt")
     tail = rows[-TAIL:]
-    accuracy, stderr, _, samples = eval_scores(eval_dir / "causal")[length]
     return {
         "setting": tag(fw),
+        "steps": len(rows),
         "drop": inner_loss_drop(rows),
-        "first_half_drop": inner_loss_drop(rows[: len(rows) // 2]),
-        "last_half_drop": inner_loss_drop(rows[len(rows) // 2 :]),
-        "exact": accuracy,
-        "stderr": stderr,
-        "samples": samples,
         "theta_loss_tail": mean(r["inner_loss_before_0"] for r in tail),
         "outer_loss_tail": mean(r["loss"] for r in tail),
+        "onset": onset(rows),
     }
+
+
+def run_setting(demo: Demo, fw: FastWeightScale, train: bool = True) -> dict[str, Any]:
+    """Train FocuSFT with ``fw`` and score it at the training length (``train=False``: the logs as they are)."""
+    data = demo.out / "data"
+    length = demo.size.eval_tokens[0]
+    eval_dir = demo.out / "eval" / tag(fw)
+    if train:
+        overrides = [*VARIANTS["focusft"].overrides(), *fw.overrides()]
+        try:
+            checkpoint, _ = demo._train(f"train_{tag(fw)}", data / "train.jsonl", overrides, force=False)
+            demo._stage(
+                f"eval_{tag(fw)}",
+                [
+                    *(sys.executable, "-m", "focusft.demo.evaluate", str(checkpoint), "--label", tag(fw)),
+                    *("--output-dir", str(eval_dir), "--attention", "causal"),
+                    *("--data", f"{length}={data}/eval_{length}.jsonl"),
+                ],
+                eval_dir,
+                {"checkpoint": str(checkpoint), "length": length},
+            )
+        except StageError as err:  # stopped by hand once the outcome was clear, or failed: the figures so far
+            print(f"focusft-sweep: {err}", flush=True)
+    figures = log_figures(demo, fw)
+    if (eval_dir / MARKER).is_file():
+        figures["exact"], figures["stderr"], _, _ = eval_scores(eval_dir / "causal")[length]
+    return figures
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,23 +111,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/fw_sweep"))
     parser.add_argument("--nproc", type=int, default=2, help="training processes per run (default 2, as the demo)")
     parser.add_argument("--jobs", type=int, default=1, help="settings trained at once")
+    parser.add_argument("--report", action="store_true", help="train nothing: the table of the runs' logs as they are")
     args = parser.parse_args(argv)
     demo = Demo(parse_args(["--output-dir", str(args.output_dir), "--nproc", str(args.nproc), "--quiet"]))
     demo.size = replace(demo.size, batch_size=demo.size.batch_size * 2 // args.nproc)  # global batch as the demo's
-    demo.prepare()
+    if not args.report:
+        demo.prepare()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(lambda fw: run_setting(demo, fw), args.setting))
-    print("| inner lr, rank, layer fraction | drop % (all / first half / last half) | exact % ± stderr "
-          f"| θ answer loss, last {TAIL} | outer loss, last {TAIL} |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|")
+        results = list(pool.map(lambda fw: run_setting(demo, fw, train=not args.report), args.setting))
+    print(
+        "| inner lr, rank, layer fraction | steps | drop % | exact % ± stderr "
+        f"| θ answer loss, last {TAIL} | outer loss, last {TAIL} | drop > 50% from step |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        if "exact" not in r:
-            print(f"| {r['setting']} | {100 * r['drop']:.1f} | – | – | – |", flush=True)
-            continue
+        exact = f"{100 * r['exact']:.1f} ± {100 * r['stderr']:.1f}" if "exact" in r else "–"
         print(
-            f"| {r['setting']} | {100 * r['drop']:.1f} / {100 * r['first_half_drop']:.1f} / "
-            f"{100 * r['last_half_drop']:.1f} | {100 * r['exact']:.1f} ± {100 * r['stderr']:.1f} "
-            f"| {r['theta_loss_tail']:.3f} | {r['outer_loss_tail']:.3f} |",
+            f"| {r['setting']} | {r['steps']} | {100 * r['drop']:.1f} | {exact} | {r['theta_loss_tail']:.3f} "
+            f"| {r['outer_loss_tail']:.3f} | {r['onset'] or '–'} |",
             flush=True,
         )
 
