@@ -96,9 +96,9 @@ class Demo:
     def global_batch(self) -> int:
         return self.size.batch_size * self.nproc
 
-    def run(self) -> Path:
+    def prepare(self) -> bool:
+        """The ``base`` and ``data`` stages; returns whether either ran (then every later stage is rebuilt)."""
         size = self.size
-        # A stage whose input was rebuilt in this run is rebuilt too.
         if self.base == "pretrained":
             make_base = [sys.executable, "-m", "focusft.demo.shipped_base", str(self.out / "base")]
             base_settings = {"sha256": shipped_base.fingerprint()}
@@ -118,14 +118,19 @@ class Demo:
             {"size": asdict(size), "global_batch": self.global_batch},
             force=base,
         )
+        return base or data_ran
+
+    def run(self) -> Path:
+        size = self.size
+        # A stage whose input was rebuilt in this run is rebuilt too.
+        base = self.prepare()
+        data = self.out / "data"
         checkpoints, trained = {}, {}
         for variant in self.variants:
             name = f"train_{variant.name}"
             # Fast weights only where they are used: a plain run's stage stays valid when they change.
             overrides = [*variant.overrides(), *(self.fast_weights.overrides() if variant.bilevel else [])]
-            checkpoints[variant.name], trained[variant.name] = self._train(
-                name, data / "train.jsonl", overrides, base or data_ran
-            )
+            checkpoints[variant.name], trained[variant.name] = self._train(name, data / "train.jsonl", overrides, base)
         eval_files = {length: data / f"eval_{length}.jsonl" for length in size.eval_tokens}
         for name, checkpoint in checkpoints.items():
             self._stage(

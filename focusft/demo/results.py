@@ -107,18 +107,38 @@ def attention_means(reports: list[Path]) -> dict[str, dict[str, float]]:
 REUSED_MARK = "†"
 
 
-def markdown_table(rows: list[Row], titles: dict[str, str]) -> str:
+BASE_TITLE = "Base (not fine-tuned)"
+
+
+def markdown_table(
+    rows: list[Row],
+    titles: dict[str, str],
+    base: dict[int, dict[str, float]] | None = None,
+    inner_drops: dict[str, float | None] | None = None,
+) -> str:
+    """One line per (variant, length), after the base's attention per length (``base``: length -> figures).
+
+    ``inner_drops``: variant -> its inner loop's mean relative answer-loss drop (None or absent: "–").
+    """
     lines = [
         "| variant | length (tokens) | exact match % ± stderr, causal | exact match % ± stderr, bidir prefill "
-        "| answered a place % | n | sink mass % | context engagement % | step time s | tokens/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| inner-loop loss reduction % | answered a place % | n | sink mass % | context engagement % "
+        "| step time s | tokens/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    for length, figures in sorted((base or {}).items()):
+        lines.append(
+            f"| {BASE_TITLE} | {length} | – | – | – | – | – | {100 * figures['sink_mass']:.2f} "
+            f"| {100 * figures['context_engagement']:.1f} | – | – |"
+        )
     for row in rows:
         mark = REUSED_MARK if row.speed_reused else ""
+        drop = (inner_drops or {}).get(row.variant)
         lines.append(
             f"| {titles.get(row.variant, row.variant)} | {row.length} "
             f"| {100 * row.accuracy:.1f} ± {100 * row.stderr:.1f} "
             f"| {100 * row.bidir_accuracy:.1f} ± {100 * row.bidir_stderr:.1f} "
+            f"| {'–' if drop is None else f'{100 * drop:.1f}'} "
             f"| {100 * row.answered_place:.1f} | {row.samples} | {100 * row.sink_mass:.2f} "
             f"| {100 * row.context_engagement:.1f} | {row.step_seconds:.2f}{mark} | {row.tokens_per_second:.0f}{mark} |"
         )
@@ -173,9 +193,15 @@ def summary(
 def write_results(
     out_dir: Path, rows: list[Row], titles: dict[str, str], notes: list[str], figures: dict[str, Any]
 ) -> tuple[Path, Path]:
-    """``results.md`` (notes, then the table) and ``results.json`` (``figures``, notes and rows)."""
+    """``results.md`` (notes, then the table) and ``results.json`` (``figures``, notes and rows).
+
+    ``figures`` is :func:`summary`'s: the table's base lines and inner-loop column come from it.
+    """
+    base = {int(length): values for length, values in figures["base"].items()}
+    drops = {name: entry["inner_loss_reduction"] for name, entry in figures["variants"].items()}
+    table = markdown_table(rows, titles, base, drops)
     md = out_dir / "results.md"
-    md.write_text("# FocuSFT demo\n\n" + "".join(f"{n}\n" for n in notes) + "\n" + markdown_table(rows, titles))
+    md.write_text("# FocuSFT demo\n\n" + "".join(f"{n}\n" for n in notes) + "\n" + table)
     js = out_dir / "results.json"
     js.write_text(json.dumps({**figures, "notes": notes, "rows": [asdict(r) for r in rows]}, indent=1))
     return md, js

@@ -32,6 +32,7 @@ def test_the_table_has_a_row_per_variant_and_length_with_numbers_in_range(smoke)
         (v, length) for v in DEFAULT_VARIANTS for length in size.eval_tokens
     )
     results = json.loads((out / "results.json").read_text())
+    table = (out / "results.md").read_text()
     for row in rows:
         assert row["samples"] == size.eval_samples
         for key in ("accuracy", "bidir_accuracy", "answered_place", "sink_mass", "context_engagement"):
@@ -45,13 +46,16 @@ def test_the_table_has_a_row_per_variant_and_length_with_numbers_in_range(smoke)
         assert by_mask["causal"]["exact_match"] == row["accuracy"]
         assert by_mask["bidir_context"]["exact_match"] == row["bidir_accuracy"]
     assert 0.0 < results["base_sink_mass"] < 1.0
+    assert f"| Base (not fine-tuned) | 256 | – | – | – | – | – | {100 * results['base_sink_mass']:.2f} |" in table
     assert results["base_sink_mass"] == results["base"][str(size.eval_tokens[0])]["sink_mass"]
     assert results["variants"]["sft"]["inner_loss_reduction"] is None
     assert isinstance(results["variants"]["focusft"]["inner_loss_reduction"], float)
     notes = results["notes"]
     assert any(note.startswith("Inner loop: ") and "(FocuSFT)" in note for note in notes)
-    table = (out / "results.md").read_text()
-    assert table.count("\n| ") == 1 + len(rows)  # header and one line per row
+    # The header, the base's attention per length, one line per row.
+    assert table.count("\n| ") == 1 + len(size.eval_tokens) + len(rows)
+    drop = 100 * results["variants"]["focusft"]["inner_loss_reduction"]
+    assert "| FocuSFT | 256 | " in table and f" | {drop:.1f} | " in table
     assert table in again.stdout
     assert "| Standard SFT | 256 |" in first.stdout and "†" not in first.stdout  # the first run trained
     assert f"Demo results (table, plots, logs) in {out}" in first.stdout

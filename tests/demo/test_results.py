@@ -1,8 +1,19 @@
 """Reading the recipe's metric log and the figures the demo derives from it."""
 
+import json
+
 import pytest
 
-from focusft.demo.results import Row, Speed, inner_loss_drop, markdown_table, read_metrics, summary
+from focusft.demo.results import (
+    BASE_TITLE,
+    Row,
+    Speed,
+    inner_loss_drop,
+    markdown_table,
+    read_metrics,
+    summary,
+    write_results,
+)
 
 LOG = """Step 1 | loss:2.0 lr:0.0 tokens_per_second_per_gpu:100.0 step_seconds:3.0 inner_loss_before_0:2.0 \
 inner_loss_after_0:1.5 inner_loss_before_1:1.5 inner_loss_after_1:1.0
@@ -30,7 +41,7 @@ def _row(variant, length, reused=False):
     return Row(variant, length, 0.9, 0.02, 1.0, 200, 0.8, 0.03, 0.25, 0.9, 0.5, 1000.0, speed_reused=reused)
 
 
-def test_table_marks_reused_speeds_and_summary_holds_the_named_figures():
+def test_table_marks_reused_speeds_and_summary_holds_the_named_figures(tmp_path):
     titles = {"sft": "Standard SFT", "focusft": "FocuSFT"}
     rows = [_row("sft", 256, reused=True), _row("sft", 512, reused=True), _row("focusft", 256)]
     table = markdown_table(rows, titles)
@@ -46,3 +57,13 @@ def test_table_marks_reused_speeds_and_summary_holds_the_named_figures():
         "causal": {"exact_match": 0.9, "stderr": 0.02},
         "bidir_context": {"exact_match": 0.8, "stderr": 0.03},
     }
+    md, js = write_results(tmp_path, rows, titles, ["a note"], figures)
+    lines = md.read_text().splitlines()
+    # The base's attention first, by length, then the variants with their inner loop's reduction.
+    assert lines[lines.index("a note") + 4 : lines.index("a note") + 6] == [
+        f"| {BASE_TITLE} | 256 | – | – | – | – | – | 40.00 | 40.0 | – | – |",
+        f"| {BASE_TITLE} | 512 | – | – | – | – | – | 30.00 | 50.0 | – | – |",
+    ]
+    assert "| Standard SFT | 256 | 90.0 ± 2.0 | 80.0 ± 3.0 | – | 100.0 | 200 | 25.00 | 90.0 | 0.50† | 1000† |" in lines
+    assert "| FocuSFT | 256 | 90.0 ± 2.0 | 80.0 ± 3.0 | 12.0 | 100.0 | 200 | 25.00 | 90.0 | 0.50 | 1000 |" in lines
+    assert json.loads(js.read_text())["variants"]["focusft"]["inner_loss_reduction"] == 0.12
