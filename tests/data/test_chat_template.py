@@ -17,26 +17,9 @@ from transformers import AutoTokenizer
 from focusft.data.messages import QWEN_DEFAULT_SYSTEM, openai_to_messages, sharegpt_to_messages
 from focusft.data.tokenize import tokenize_conversation
 from focusft.tiny import CHAT_TEMPLATE, load_tiny_tokenizer, tiny_corpus, write_tiny_tokenizer
+from tests.data.tool_calls import TOOLS, call
 
 TEMPLATE = (Path(__file__).parents[1] / "fixtures" / "qwen2_5_instruct_chat_template.jinja").read_text()
-
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "search",
-            "description": "Search the notes.",
-            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
-        },
-    },
-    {"type": "function", "function": {"name": "read_note", "parameters": {"type": "object"}}},
-]
-
-
-def call(name, arguments):
-    """An OpenAI tool call: ``arguments`` as a JSON string."""
-    return {"id": f"call_{name}", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
-
 
 CONVERSATIONS = {
     "no system, no tools": [

@@ -23,26 +23,10 @@ from focusft.tiny import (
     write_tiny_llama3_tokenizer,
     write_tiny_tokenizer,
 )
+from tests.data.tool_calls import TOOLS, call
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 TEMPLATES = {"qwen3": "qwen3_chat_template.jinja", "llama3": "llama3_1_instruct_chat_template.jinja"}
-
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "search",
-            "description": "Search the notes.",
-            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
-        },
-    },
-    {"type": "function", "function": {"name": "read_note", "parameters": {"type": "object"}}},
-]
-
-
-def call(name, arguments):
-    return {"id": f"call_{name}", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
-
 
 CONVERSATIONS = {
     "no system": [
