@@ -12,7 +12,10 @@ offloading, and with both, at 16K ... 1M tokens (doubling), prints the estimated
 and the longest length that fits (the last doubling that fits, refined by ``--refine``
 bisections toward the next, to multiples of 1K), issue 17's targets with pass/FAIL,
 and last ``longest FocuSFT length: 7B=<N> tokens (<options>)``, one line per model.
-``--preset all`` is 0.5B ... 72B.
+FocuSFT is estimated twice, as the measured search runs it: with the inner passes
+checkpointed selectively (the default: their attention outputs stay on the device) and
+with ``enable_inner_activation_checkpointing`` (attention recomputed too); its longest
+length is the better of the two. ``--preset all`` is 0.5B ... 72B.
 
 The measured search (a GPU preset on a GPU; the CPU preset checks the search itself)
 takes ``--variant``, ``--offload``, ``--tiled`` (``--ffn-tile-tokens``) and, with
@@ -221,6 +224,13 @@ def model_label(preset_name: str) -> str:
     return preset_name.removeprefix("qwen2.5-").upper()
 
 
+# The estimated variants: Standard SFT, FocuSFT with its inner passes checkpointed selectively (the
+# default), and FocuSFT with them checkpointed whole (``enable_inner_activation_checkpointing``).
+VARIANTS: dict[str, dict] = {
+    "SFT": {"bilevel": False},
+    "FocuSFT": {"bilevel": True},
+    "FocuSFT inner AC": {"bilevel": True, "inner_activation_checkpointing": True},
+}
 ESTIMATED_PRESETS = tuple(f"qwen2.5-{size}" for size in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b"))
 # Issue 17, item 5: (preset, option set, least FocuSFT length); "best" / "no offload": the longest over
 # all option sets / over those without offloading.
@@ -243,9 +253,9 @@ def estimate(args) -> None:
         print(f"fits: <= {args.gpu_memory_gib:g} GiB\n")
         options = option_sets(args.ffn_tile_tokens)
         columns = [
-            (f"{variant} {label}", StepOptions(bilevel=bilevel, **kw))
+            (f"{variant} {label}", StepOptions(**variant_kw, **kw))
             for label, kw in options
-            for variant, bilevel in (("SFT", False), ("FocuSFT", True))
+            for variant, variant_kw in VARIANTS.items()
         ]
         print("| tokens | " + " | ".join(c for c, _ in columns) + " |")
         print("|---|" + "---|" * len(columns))
@@ -262,23 +272,30 @@ def estimate(args) -> None:
                 row.append(f"{peak / 2**30:.1f}")
             print(f"| {seq_len // 1024}K | " + " | ".join(row) + " |", flush=True)
         print("\nlongest length that fits (- : not even the shortest):\n")
-        print("| option | Standard SFT | FocuSFT | FocuSFT / SFT |")
-        print("|---|---|---|---|")
+        print("| option | Standard SFT | FocuSFT | FocuSFT, inner AC | best FocuSFT / SFT |")
+        print("|---|---|---|---|---|")
         found[name] = {}
         for label, kw in options:
             lengths = {}
-            for variant, bilevel in (("SFT", False), ("FocuSFT", True)):
-                opts = StepOptions(bilevel=bilevel, **kw)
+            for variant, variant_kw in VARIANTS.items():
+                opts = StepOptions(**variant_kw, **kw)
                 grid = [n for n in ESTIMATE_LENGTHS if peaks.get((f"{variant} {label}", n), limit + 1) <= limit]
                 lengths[variant] = longest_fit(preset, opts, limit, grid, args.refine)
             found[name][label] = lengths
-            ratio = lengths["FocuSFT"] / lengths["SFT"] if lengths["SFT"] else float("nan")
-            print(f"| {label} | {lengths['SFT']:,} | {lengths['FocuSFT']:,} | {ratio:.2f} |", flush=True)
+            ratio = best_focusft(lengths)[1] / lengths["SFT"] if lengths["SFT"] else float("nan")
+            cells = " | ".join(f"{lengths[v]:,}" for v in VARIANTS)
+            print(f"| {label} | {cells} | {ratio:.2f} |", flush=True)
         print()
     report_targets(found)
     for name, by_option in found.items():
-        label, length = max(((lab, v["FocuSFT"]) for lab, v in by_option.items()), key=lambda x: x[1])
-        print(f"longest FocuSFT length: {model_label(name)}={length} tokens ({label})")
+        label, (variant, length) = max(((lab, best_focusft(v)) for lab, v in by_option.items()), key=lambda x: x[1][1])
+        inner = " + inner AC" if variant != "FocuSFT" else ""
+        print(f"longest FocuSFT length: {model_label(name)}={length} tokens ({label}{inner})")
+
+
+def best_focusft(lengths: dict[str, int]) -> tuple[str, int]:
+    """FocuSFT's longest length under one option set: the better of the two inner-pass checkpointing modes."""
+    return max(((v, n) for v, n in lengths.items() if v != "SFT"), key=lambda x: x[1])
 
 
 def report_targets(found: dict[str, dict[str, dict[str, int]]]) -> list[tuple[str, bool]]:
@@ -287,17 +304,17 @@ def report_targets(found: dict[str, dict[str, dict[str, int]]]) -> list[tuple[st
     for name, option, least in TARGETS:
         if name not in found:
             continue
-        by_option = found[name]
+        by_option = {label: best_focusft(v)[1] for label, v in found[name].items()}
         if option == "best":
-            length = max(v["FocuSFT"] for v in by_option.values())
+            length = max(by_option.values())
         elif option == "no offload":
-            length = max(v["FocuSFT"] for label, v in by_option.items() if "offload" not in label)
+            length = max(n for label, n in by_option.items() if "offload" not in label)
         else:
-            length = next(v["FocuSFT"] for label, v in by_option.items() if label.startswith(option))
+            length = next(n for label, n in by_option.items() if label.startswith(option))
         verdicts.append((f"{model_label(name)} FocuSFT, {option}: {length:,} >= {least:,} tokens", length >= least))
     for name, by_option in found.items():
         for label, v in by_option.items():
-            ratio = v["FocuSFT"] / v["SFT"] if v["SFT"] else float("nan")
+            ratio = best_focusft(v)[1] / v["SFT"] if v["SFT"] else float("nan")
             text = f"{model_label(name)} {label}: FocuSFT / SFT longest {ratio:.2f} >= {RATIO_TARGET}"
             verdicts.append((text, v["SFT"] > 0 and ratio >= RATIO_TARGET))
     print("targets (issue 17, estimated):")

@@ -87,6 +87,8 @@ class StepOptions:
     @property
     def name(self) -> str:
         parts = ["FocuSFT" if self.bilevel else "Standard SFT"]
+        if self.bilevel and self.inner_activation_checkpointing:
+            parts.append("inner AC")
         if self.offload:
             parts.append("offload")
         if self.ffn_tile_tokens:
@@ -150,8 +152,13 @@ def layer_split(preset: Preset, layer_fraction: float) -> tuple[int, int]:
     return first, num_layers - first
 
 
-# The reduced models a scaled estimate runs: (trunk layers, adapted layers).
-BASE, MORE_TRUNK, MORE_ADAPTED = (1, 1), (2, 1), (1, 2)
+# The reduced models a scaled estimate runs: (trunk layers, adapted layers). Two adapted layers in
+# the base: the lowest adapted layer of an inner pass sends no gradient to its input (the trunk's
+# output is not differentiated there), so its backward is lighter than every other adapted layer's.
+# From a base with one adapted layer, the step to two would count that difference once per extra
+# layer (7B, 128K, FFN tiles 8K: 139.8 GiB scaled from (1, 1) against the 28-layer model's 108.9).
+# The lowest trunk layer is like the others: the embedding's gradient needs its input's gradient.
+BASE, MORE_TRUNK, MORE_ADAPTED = (1, 2), (2, 2), (1, 3)
 
 
 def estimate_step(
@@ -164,19 +171,20 @@ def estimate_step(
 ) -> Estimate:
     """Peak memory of one training step of ``options`` at ``seq_len`` tokens (batch 1), in bytes, on fake tensors.
 
-    ``scaled`` (default) runs the step on three reduced models (1 trunk + 1 adapted layer,
-    one more trunk layer, one more adapted layer) and extrapolates to the preset's layer
-    counts: the layers of each kind are identical, so every quantity that can be the peak
-    (the bytes alive before the step, the peak of each segment of the step, see
-    :class:`SegmentTracker`) grows by a fixed amount per layer of each kind, and the
-    estimate is the largest extrapolated segment peak. Its cost no longer grows with the
-    depth (72B: 80 layers); tests/test_memory_estimate.py checks it equals the full
-    model's estimate on the CPU preset.
+    ``scaled`` (default) runs the step on three reduced models (:data:`BASE`: 1 trunk + 2
+    adapted layers, one more trunk layer, one more adapted layer) and extrapolates to the
+    preset's layer counts: above the lowest layer of each kind the layers are identical, so
+    every quantity that can be the peak (the bytes alive before the step, the peak of each
+    segment of the step, see :class:`SegmentTracker`) grows by a fixed amount per layer of
+    each kind, and the estimate is the largest extrapolated segment peak. Its cost no longer
+    grows with the depth (72B: 80 layers); tests/test_memory_estimate.py checks it equals the
+    full model's estimate on the CPU preset in fp32 and bf16. A model with fewer layers of a
+    kind than :data:`BASE` is estimated whole.
     """
-    if not scaled:
+    trunk, adapted = layer_split(preset, options.layer_fraction)
+    if not scaled or trunk < BASE[0] or adapted < BASE[1]:
         before, segments = _step_memory(preset, seq_len, options, attention, seed, fake_tensors=True)
         return Estimate(peak=max(peak for _, peak in segments), before=before)
-    trunk, adapted = layer_split(preset, options.layer_fraction)
     runs = {
         layers: _step_memory(preset, seq_len, options, attention, seed, fake_tensors=True, layers=layers)
         for layers in (BASE, MORE_TRUNK, MORE_ADAPTED)
@@ -188,7 +196,7 @@ def estimate_step(
     def scale(value: dict[tuple[int, int], int]) -> int:
         per_trunk = value[MORE_TRUNK] - value[BASE]
         per_adapted = value[MORE_ADAPTED] - value[BASE]
-        return value[BASE] + (trunk - 1) * per_trunk + (adapted - 1) * per_adapted
+        return value[BASE] + (trunk - BASE[0]) * per_trunk + (adapted - BASE[1]) * per_adapted
 
     before = scale({layers: run[0] for layers, run in runs.items()})
     peaks = [scale({layers: run[1][i][1] for layers, run in runs.items()}) for i in range(len(names[BASE]))]

@@ -1,5 +1,7 @@
 """The fake-tensor memory estimate against the measured peak of the same step, its layer scaling, its BlockMask."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch.nn.attention.flex_attention import create_block_mask
@@ -7,11 +9,6 @@ from torch.nn.attention.flex_attention import create_block_mask
 from benchmarks import max_seq_len
 from benchmarks.memory_estimate import StepOptions, estimate_step, fake_block_mask_tensors, measure_step
 from benchmarks.models import PRESETS
-
-# The scaled estimate is the full model's but for a transient inside the head passes whose
-# place shifts with the number of layers: measured at 256 tokens, 1 KiB above it without
-# offloading or tiles, 157 KiB (0.14%) above it with both (BENCHMARKS.md).
-SCALING_TOLERANCE = 2e-3
 
 
 @pytest.mark.parametrize(
@@ -26,15 +23,22 @@ def test_estimate_equals_the_measured_cpu_peak(options):
     assert estimated.peak == pytest.approx(measured.peak, rel=0.02)
 
 
-def test_scaled_estimate_equals_the_full_models():
-    """Three reduced models extrapolated to 5 trunk + 3 adapted layers give the 8-layer model's own estimate."""
-    preset = PRESETS["cpu"]
-    options = StepOptions(offload=True, ffn_tile_tokens=64)
-    scaled = estimate_step(preset, 256, options)
-    full = estimate_step(preset, 256, options, scaled=False)
-    assert scaled.peak >= full.peak  # errs on the safe side
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "options", [StepOptions(), StepOptions(offload=True, ffn_tile_tokens=256)], ids=lambda o: o.name
+)
+def test_scaled_estimate_equals_the_full_models(dtype, options):
+    """Three reduced models extrapolated to 5 trunk + 3 adapted layers give the 8-layer model's own estimate.
+
+    In bf16 the RMSNorms' fp32 temporaries make an adapted layer's input-gradient backward
+    heavier than the lowest adapted layer's (which sends none): scaled from a one-adapted-layer
+    base this was 2-3% over the full model at 2K tokens, and 28% for 7B at 128K.
+    """
+    preset = dataclasses.replace(PRESETS["cpu"], dtype=dtype)
+    scaled = estimate_step(preset, 1024, options)
+    full = estimate_step(preset, 1024, options, scaled=False)
     assert scaled.before == full.before
-    assert scaled.peak == pytest.approx(full.peak, rel=SCALING_TOLERANCE)
+    assert scaled.peak == full.peak
 
 
 def test_targets_report_pass_and_fail(capsys):
