@@ -253,7 +253,7 @@ def estimate(args) -> None:
         print(f"fits: <= {args.gpu_memory_gib:g} GiB\n")
         options = option_sets(args.ffn_tile_tokens)
         columns = [
-            (f"{variant} {label}", StepOptions(**variant_kw, **kw))
+            (column_name(variant, label), StepOptions(**variant_kw, **kw))
             for label, kw in options
             for variant, variant_kw in VARIANTS.items()
         ]
@@ -279,7 +279,7 @@ def estimate(args) -> None:
             lengths = {}
             for variant, variant_kw in VARIANTS.items():
                 opts = StepOptions(**variant_kw, **kw)
-                grid = [n for n in ESTIMATE_LENGTHS if peaks.get((f"{variant} {label}", n), limit + 1) <= limit]
+                grid = [n for n in ESTIMATE_LENGTHS if peaks.get((column_name(variant, label), n), limit + 1) <= limit]
                 lengths[variant] = longest_fit(preset, opts, limit, grid, args.refine)
             found[name][label] = lengths
             ratio = best_focusft(lengths)[1] / lengths["SFT"] if lengths["SFT"] else float("nan")
@@ -291,6 +291,13 @@ def estimate(args) -> None:
         label, (variant, length) = max(((lab, best_focusft(v)) for lab, v in by_option.items()), key=lambda x: x[1][1])
         inner = " + inner AC" if variant != "FocuSFT" else ""
         print(f"longest FocuSFT length: {model_label(name)}={length} tokens ({label}{inner})")
+
+
+def column_name(variant: str, option: str) -> str:
+    """``FocuSFT AC + FFN tiles 8K``; the inner-AC variant as ``FocuSFT AC + inner AC + FFN tiles 8K``."""
+    if variant == "FocuSFT inner AC":
+        return "FocuSFT " + option.replace("AC", "AC + inner AC", 1)
+    return f"{variant} {option}"
 
 
 def best_focusft(lengths: dict[str, int]) -> tuple[str, int]:
