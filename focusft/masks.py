@@ -1,16 +1,19 @@
 """The FocuSFT attention mask: bidirectional inside context turns, causal elsewhere.
 
-One ``mask_mod`` defines the mask (docs/DESIGN.md section 2). It is materialised either
-as a FlexAttention ``BlockMask`` (GPU: no S x S tensor) or as a dense ``[b, s, s]``
-tensor, bool or additive (CPU, where FlexAttention has no backward). torchtune's
-``TransformerDecoder.forward(mask=...)`` accepts both, and ``None``: the attention
-kernel's own causal mask, which :func:`build_mask` returns where it is the same mask.
+One ``mask_mod`` defines the mask (docs/DESIGN.md section 2). It is materialised as a
+FlexAttention ``BlockMask`` (GPU: no S x S tensor), as a dense ``[b, s, s]`` tensor, bool
+or additive (CPU inference and analysis), or as a :class:`RowBlockMask` (CPU training,
+where FlexAttention has no backward): the per-token layout, materialised one block of
+query rows at a time by :mod:`focusft.row_block_attention`. torchtune's
+``TransformerDecoder.forward(mask=...)`` accepts tensors, BlockMasks and ``None`` (the
+attention kernel's own causal mask, which :func:`build_mask` returns where it is the
+same mask); a RowBlockMask needs the attention call of :mod:`focusft.row_block_attention`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Literal, get_args
 
@@ -20,7 +23,8 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 MaskMode = Literal["bidir_context", "causal"]
 MASK_MODES: tuple[str, ...] = get_args(MaskMode)
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-AttentionMask = torch.Tensor | BlockMask | None
+MaskKind = Literal["dense", "block", "rows"]
+MASK_KINDS: tuple[str, ...] = get_args(MaskKind)
 # Sequence lengths are padded to a multiple of this for the BlockMask (its block size), so
 # that FlexAttention sees whole blocks and fewer distinct shapes.
 LENGTH_MULTIPLE = 128
@@ -92,18 +96,67 @@ def focus_mask_mod(layout: TokenLayout, mode: MaskMode) -> MaskMod:
     return mask_mod
 
 
-def dense_mask(layout: TokenLayout, mode: MaskMode) -> torch.Tensor:
-    """Bool ``[b, s, s]`` mask (True = may attend), for SDPA.
+def mask_rows(mask_mod: MaskMod, batch: int, seq_len: int, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """Bool ``[batch, stop - start, seq_len]``: query rows ``[start, stop)`` of the mask against every key.
 
     The ``mask_mod`` is evaluated once on broadcast index grids: the same function the
     BlockMask uses, ~25x faster than ``create_mask``'s vmap over every (q, k) pair.
     """
+    b = torch.arange(batch, device=device)[:, None, None]
+    q = torch.arange(start, stop, device=device)[None, :, None]
+    k = torch.arange(seq_len, device=device)[None, None, :]
+    return mask_mod(b, torch.zeros((), dtype=torch.long, device=device), q, k)
+
+
+def dense_mask(layout: TokenLayout, mode: MaskMode) -> torch.Tensor:
+    """Bool ``[b, s, s]`` mask (True = may attend), for SDPA."""
     b, s = layout.shape
-    device = layout.context.device
-    batch = torch.arange(b, device=device)[:, None, None]
-    q = torch.arange(s, device=device)[None, :, None]
-    k = torch.arange(s, device=device)[None, None, :]
-    return focus_mask_mod(layout, mode)(batch, torch.zeros((), dtype=torch.long, device=device), q, k)
+    return mask_rows(focus_mask_mod(layout, mode), b, s, 0, s, layout.context.device)
+
+
+# Query rows per block of a RowBlockMask. Measured on the CPU preset (2-core VM, fp32, 4K
+# tokens, BENCHMARKS.md issue 17): see ROW_BLOCK_NOTE there.
+ROW_BLOCK = 256
+
+
+@dataclass(frozen=True, eq=False)
+class RowBlockMask:
+    """The mask of ``layout`` under ``mode``, kept as its ``O(b·s)`` layout and made ``block`` query rows at a time.
+
+    :meth:`rows` gives the additive mask of one block of query rows, ``[b, 1, rows, s]``
+    (SDPA's shape, broadcast over heads), from the same ``mask_mod`` as the other
+    representations. The attention of :mod:`focusft.row_block_attention` calls it in its
+    forward and again in its backward pass, so no ``[b, s, s]`` tensor is made or kept.
+    """
+
+    layout: TokenLayout
+    mode: MaskMode
+    block: int = ROW_BLOCK
+    mask_mod: MaskMod = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
+            raise ValueError(f"RowBlockMask.block must be a positive number of query rows, got {self.block!r}.")
+        object.__setattr__(self, "mask_mod", focus_mask_mod(self.layout, self.mode))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(batch, seq_len)``."""
+        return self.layout.shape
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each block of query rows; the last one may be shorter."""
+        s = self.shape[1]
+        return [(start, min(start + self.block, s)) for start in range(0, s, self.block)]
+
+    def rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive ``[b, 1, stop - start, s]`` mask of query rows ``[start, stop)`` in ``dtype``."""
+        b, s = self.shape
+        allowed = mask_rows(self.mask_mod, b, s, start, stop, self.layout.context.device)
+        return additive_mask(allowed, dtype)[:, None]
+
+
+AttentionMask = torch.Tensor | BlockMask | RowBlockMask | None
 
 
 @cache
@@ -160,15 +213,14 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
-def build_mask(
-    layout: TokenLayout, mode: MaskMode, kind: Literal["dense", "block"], dtype: torch.dtype | None = None
-) -> AttentionMask:
+def build_mask(layout: TokenLayout, mode: MaskMode, kind: MaskKind, dtype: torch.dtype | None = None) -> AttentionMask:
     """The mask for one micro-batch, in the representation the attention kernel needs.
 
     ``None`` for the causal mode on rows of one unpacked document each: torchtune then
     calls SDPA with ``is_causal=True``, whose kernels skip the masked half instead of
     computing all ``s × s`` scores. Losses are unchanged. A dense mask is additive in
-    ``dtype`` when that is given (see :func:`additive_mask`), else bool.
+    ``dtype`` when that is given (see :func:`additive_mask`), else bool. A ``rows``
+    mask (:class:`RowBlockMask`) takes the activations' dtype when it is used.
     """
     check_mask_mode(mode)
     if mode == "causal" and is_plain_causal(layout):
@@ -178,4 +230,6 @@ def build_mask(
         return additive_mask(mask, dtype) if dtype is not None else mask
     if kind == "block":
         return block_mask(layout, mode)
-    raise ValueError(f"Unknown mask kind {kind!r}; expected 'dense' or 'block'.")
+    if kind == "rows":
+        return RowBlockMask(layout, mode)
+    raise ValueError(f"Unknown mask kind {kind!r}; expected one of {MASK_KINDS}.")
