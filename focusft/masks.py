@@ -96,63 +96,100 @@ def focus_mask_mod(layout: TokenLayout, mode: MaskMode) -> MaskMod:
     return mask_mod
 
 
-def mask_rows(mask_mod: MaskMod, batch: int, seq_len: int, start: int, stop: int, device: torch.device) -> torch.Tensor:
-    """Bool ``[batch, stop - start, seq_len]``: query rows ``[start, stop)`` of the mask against every key.
+def mask_rows(mask_mod: MaskMod, batch: int, queries: slice, keys: slice, device: torch.device | str) -> torch.Tensor:
+    """Bool ``[batch, len(queries), len(keys)]``: the mask's query rows ``queries`` against keys ``keys``.
 
     The ``mask_mod`` is evaluated once on broadcast index grids: the same function the
     BlockMask uses, ~25x faster than ``create_mask``'s vmap over every (q, k) pair.
     """
     b = torch.arange(batch, device=device)[:, None, None]
-    q = torch.arange(start, stop, device=device)[None, :, None]
-    k = torch.arange(seq_len, device=device)[None, None, :]
+    q = torch.arange(queries.start, queries.stop, device=device)[None, :, None]
+    k = torch.arange(keys.start, keys.stop, device=device)[None, None, :]
     return mask_mod(b, torch.zeros((), dtype=torch.long, device=device), q, k)
 
 
 def dense_mask(layout: TokenLayout, mode: MaskMode) -> torch.Tensor:
     """Bool ``[b, s, s]`` mask (True = may attend), for SDPA."""
     b, s = layout.shape
-    return mask_rows(focus_mask_mod(layout, mode), b, s, 0, s, layout.context.device)
+    return mask_rows(focus_mask_mod(layout, mode), b, slice(0, s), slice(0, s), layout.context.device)
 
 
-# Query rows per block of a RowBlockMask. Measured on the CPU preset (2-core VM, fp32, 4K
-# tokens, BENCHMARKS.md issue 17): see ROW_BLOCK_NOTE there.
-ROW_BLOCK = 256
+# Query rows per block of a RowBlockMask: on the CPU preset at 4K tokens (fp32, one thread)
+# 256 to 1024 rows take the same time, 128 is slower (BENCHMARKS.md, issue 17).
+ROW_BLOCK = 512
 
 
 @dataclass(frozen=True, eq=False)
 class RowBlockMask:
     """The mask of ``layout`` under ``mode``, kept as its ``O(b·s)`` layout and made ``block`` query rows at a time.
 
-    :meth:`rows` gives the additive mask of one block of query rows, ``[b, 1, rows, s]``
-    (SDPA's shape, broadcast over heads), from the same ``mask_mod`` as the other
-    representations. The attention of :mod:`focusft.row_block_attention` calls it in its
-    forward and again in its backward pass, so no ``[b, s, s]`` tensor is made or kept.
+    :meth:`blocks` cuts the queries into blocks and gives each the range of keys that
+    holds every key its rows may see (below); :meth:`additive` makes that block's additive
+    mask, ``[b, 1, rows, keys]`` (SDPA's shape, broadcast over heads), from the same
+    ``mask_mod`` as the other representations. The attention of
+    :mod:`focusft.row_block_attention` calls it in its forward and again in its backward
+    pass, so no ``[b, s, s]`` tensor is made or kept.
+
+    Key range (docs/DESIGN.md section 2): query ``q`` may see only itself, keys of its
+    document at or before it, and, in the ``bidir_context`` mode when ``q`` is a context
+    token, keys of its turn. So its keys lie in ``[first position of q's document id,
+    max(q, last position of q's turn) + 1)``; keys outside a block's range are masked for
+    every row of the block, and leaving them out changes only the order of fp32 sums.
+    ``key_ranges=False`` gives every block all keys (fake tensors, whose values are unknown).
     """
 
     layout: TokenLayout
     mode: MaskMode
     block: int = ROW_BLOCK
+    key_ranges: bool = True
     mask_mod: MaskMod = field(init=False, repr=False)
+    _key_start: torch.Tensor = field(init=False, repr=False)  # [b, s] first key query q may see
+    _key_stop: torch.Tensor = field(init=False, repr=False)  # [b, s] one past the last
 
     def __post_init__(self) -> None:
         if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
             raise ValueError(f"RowBlockMask.block must be a positive number of query rows, got {self.block!r}.")
         object.__setattr__(self, "mask_mod", focus_mask_mod(self.layout, self.mode))
+        if not self.key_ranges:
+            return
+        layout = self.layout
+        b, s = layout.shape
+        position = torch.arange(s, device=layout.doc.device).expand(b, s)
+        _, doc_index = torch.unique(layout.doc, return_inverse=True)  # ids made dense: [0, s) per row at most
+        first = torch.full((b, s), s, dtype=torch.long, device=position.device)
+        first = first.scatter_reduce(1, doc_index.view(b, s), position, "amin")
+        key_start = first.gather(1, doc_index.view(b, s))
+        key_stop = position + 1
+        if self.mode == "bidir_context":
+            turn = layout.turn_ids()  # [0, s): a row's turns are contiguous runs
+            last = torch.zeros((b, s), dtype=torch.long, device=position.device)
+            turn_end = last.scatter_reduce(1, turn, position, "amax").gather(1, turn) + 1
+            key_stop = torch.where(layout.context, torch.maximum(key_stop, turn_end), key_stop)
+        object.__setattr__(self, "_key_start", key_start)
+        object.__setattr__(self, "_key_stop", key_stop)
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(batch, seq_len)``."""
         return self.layout.shape
 
-    def blocks(self) -> list[tuple[int, int]]:
-        """``(start, stop)`` of each block of query rows; the last one may be shorter."""
+    def blocks(self) -> list[tuple[slice, slice]]:
+        """``(queries, keys)`` of each block of query rows (the last may be shorter): one host sync per block."""
         s = self.shape[1]
-        return [(start, min(start + self.block, s)) for start in range(0, s, self.block)]
+        result = []
+        for start in range(0, s, self.block):
+            queries = slice(start, min(start + self.block, s))
+            if not self.key_ranges:
+                result.append((queries, slice(0, s)))
+                continue
+            first = int(self._key_start[:, queries].min())
+            stop = int(self._key_stop[:, queries].max())
+            result.append((queries, slice(first, stop)))
+        return result
 
-    def rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
-        """Additive ``[b, 1, stop - start, s]`` mask of query rows ``[start, stop)`` in ``dtype``."""
-        b, s = self.shape
-        allowed = mask_rows(self.mask_mod, b, s, start, stop, self.layout.context.device)
+    def additive(self, queries: slice, keys: slice, dtype: torch.dtype) -> torch.Tensor:
+        """Additive ``[b, 1, len(queries), len(keys)]`` mask of a block in ``dtype`` (:func:`additive_mask`)."""
+        allowed = mask_rows(self.mask_mod, self.shape[0], queries, keys, self.layout.context.device)
         return additive_mask(allowed, dtype)[:, None]
 
 
@@ -210,7 +247,8 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     backward pass (one ``[b, s, s]`` tensor per layer and pass); given it once, every
     layer shares it. The softmax is the same: no row is empty (``q == k`` is allowed).
     """
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(mask, zero, torch.full((), float("-inf"), dtype=dtype, device=mask.device))
 
 
 def build_mask(layout: TokenLayout, mode: MaskMode, kind: MaskKind, dtype: torch.dtype | None = None) -> AttentionMask:

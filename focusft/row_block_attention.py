@@ -54,16 +54,19 @@ class RowBlockAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: RowBlockMask, scale: float | None):
         flash = getattr(torch.ops.aten, _FLASH)
+        blocks = mask.blocks()
         outs, lses = [], []
-        for start, stop in mask.blocks():
-            block_mask = mask.rows(start, stop, q.dtype)
-            out, lse = flash(q[:, :, start:stop], k, v, 0.0, False, attn_mask=block_mask, scale=scale)
+        for queries, keys in blocks:
+            block_mask = mask.additive(queries, keys, q.dtype)
+            out, lse = flash(
+                q[:, :, queries], k[:, :, keys], v[:, :, keys], 0.0, False, attn_mask=block_mask, scale=scale
+            )
             outs.append(out.transpose(1, 2))  # the kernel's layout, [b, rows, h, d] in memory
             lses.append(lse)
         out = torch.cat(outs, dim=1).transpose(1, 2)  # [b, h, s, d], stored as [b, s, h, d] like SDPA's output
         lse = torch.cat(lses, dim=2)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.mask, ctx.scale = mask, scale
+        ctx.mask, ctx.blocks, ctx.scale = mask, blocks, scale
         return out
 
     @staticmethod
@@ -71,24 +74,23 @@ class RowBlockAttention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         mask: RowBlockMask = ctx.mask
         flash_backward = getattr(torch.ops.aten, _FLASH_BACKWARD)
-        grad_q, grad_k, grad_v = [], None, None
-        for start, stop in mask.blocks():
-            rows = slice(start, stop)
+        grad_q, grad_k, grad_v = [], torch.zeros_like(k), torch.zeros_like(v)
+        for queries, keys in ctx.blocks:
             dq, dk, dv = flash_backward(
-                grad_out[:, :, rows],
-                q[:, :, rows],
-                k,
-                v,
-                out[:, :, rows],
-                lse[:, :, rows],
+                grad_out[:, :, queries],
+                q[:, :, queries],
+                k[:, :, keys],
+                v[:, :, keys],
+                out[:, :, queries],
+                lse[:, :, queries],
                 0.0,
                 False,
-                attn_mask=mask.rows(start, stop, q.dtype),
+                attn_mask=mask.additive(queries, keys, q.dtype),
                 scale=ctx.scale,
             )
             grad_q.append(dq)
-            grad_k = dk if grad_k is None else grad_k.add_(dk)
-            grad_v = dv if grad_v is None else grad_v.add_(dv)
+            grad_k[:, :, keys] += dk
+            grad_v[:, :, keys] += dv
         return torch.cat(grad_q, dim=2), grad_k, grad_v, None, None
 
 

@@ -9,7 +9,7 @@ from focusft import documents as documents_module
 from focusft.bilevel import InnerLoopConfig
 from focusft.documents import Documents
 from focusft.fast_weights import FastWeightConfig, attach_fast_weight_slots
-from focusft.masks import RowBlockMask, additive_mask, build_mask
+from focusft.masks import RowBlockMask, TokenLayout, additive_mask, build_mask
 from focusft.row_block_attention import RowBlockAttentionCall, install_row_block_attention, row_block_attention
 from focusft.sequence_parallel import SequenceShard, UlyssesAttention, apply_sequence_parallel
 from focusft.split_decoder import SplitDecoder
@@ -31,11 +31,13 @@ def close(got: torch.Tensor, expected: torch.Tensor, rel: float) -> None:
 @pytest.mark.parametrize("block", [1, 7, 64])
 def test_rows_are_the_brute_force_mask(mode, block):
     layout = random_layout(2, 40, torch.Generator().manual_seed(3))
+    """Blocks put together, keys outside each block's key range masked: the whole mask."""
     mask = RowBlockMask(layout, mode, block=block)
-    rows = torch.cat([mask.rows(start, stop, torch.float32) for start, stop in mask.blocks()], dim=2)
-    assert rows.shape == (2, 1, 40, 40)
-    assert torch.equal(rows[:, 0] == 0, brute_force_mask(layout, mode))
-    assert torch.isneginf(rows[rows != 0]).all()
+    whole = torch.full((2, 1, 40, 40), float("-inf"))
+    for queries, keys in mask.blocks():
+        whole[:, :, queries, keys] = mask.additive(queries, keys, torch.float32)
+    assert torch.equal(whole[:, 0] == 0, brute_force_mask(layout, mode))
+    assert torch.isneginf(whole[whole != 0]).all()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -171,3 +173,15 @@ def test_build_mask_rows_kind():
     assert build_mask(single, "causal", "rows") is None  # the kernel's own causal mask
     with pytest.raises(ValueError, match="block must be a positive number"):
         RowBlockMask(layout, "causal", block=0)
+
+
+def test_key_ranges_are_each_blocks_documents_and_context_turns():
+    """Three packed documents of 10 tokens: causal blocks of 10 see only their own document; in the
+    bidir_context mode a block ending inside a context turn also sees the rest of that turn."""
+    context = torch.tensor([[1, 1, 0, 0, 0, 0, 0, 0, 0, 0] * 3], dtype=torch.bool)
+    doc = torch.arange(3).repeat_interleave(10)[None]
+    layout = TokenLayout(context=context, doc=doc, valid=torch.ones_like(context))
+    causal = [(q.start, q.stop, k.start, k.stop) for q, k in RowBlockMask(layout, "causal", block=10).blocks()]
+    assert causal == [(0, 10, 0, 10), (10, 20, 10, 20), (20, 30, 20, 30)]
+    bidir = [(q.start, q.stop, k.start, k.stop) for q, k in RowBlockMask(layout, "bidir_context", block=11).blocks()]
+    assert bidir == [(0, 11, 0, 12), (11, 22, 10, 22), (22, 30, 20, 30)]
