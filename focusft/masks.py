@@ -114,8 +114,9 @@ def dense_mask(layout: TokenLayout, mode: MaskMode) -> torch.Tensor:
     return mask_rows(focus_mask_mod(layout, mode), b, slice(0, s), slice(0, s), layout.context.device)
 
 
-# Query rows per block of a RowBlockMask: on the CPU preset at 4K tokens (fp32, one thread)
-# 256 to 1024 rows take the same time, 128 is slower (BENCHMARKS.md, issue 17).
+# Query rows per block of a RowBlockMask: the fastest on the CPU preset's attention at 4K
+# tokens (fp32, one thread; 256-1024 within 5%, 128 and 2048 slower): benchmarks/row_block_size.py,
+# BENCHMARKS.md (issue 17).
 ROW_BLOCK = 512
 
 

@@ -146,3 +146,12 @@ def test_lora_benchmark_counts_what_each_outer_loop_trains_and_keeps(capsys):
     # QLoRA keeps less training state than LoRA, which keeps less than full fine-tuning.
     state = {outer: float(rows[(outer, "FocuSFT")].split("|")[4]) for outer in lora_benchmark.OUTER}
     assert state["QLoRA"] < state["LoRA"] < state["full"]
+
+
+def test_row_block_size_prints_each_block_against_the_whole_mask(capsys):
+    from benchmarks import row_block_size
+
+    row_block_size.main(["--seq-len", "64", "--blocks", "16", "48", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "| whole mask (SDPA; building the mask once:" in out
+    assert "| row blocks of 16 |" in out and "| row blocks of 48 |" in out
