@@ -168,8 +168,7 @@ class FocusConfig:
                 f"this run is on {device}. Use focusft.mask=dense or auto."
             )
         if self.mask == "rows":
-            reason = "" if device.type == "cpu" else f"this run is on {device}"
-            reason = reason or (unavailable_reason() or "")
+            reason = unavailable_reason() if device.type == "cpu" else f"this run is on {device}"
             if reason:
                 raise ConfigError(f"focusft.mask=rows runs the CPU flash-attention kernel; {reason}. Use auto.")
         if self.mask == "auto":
