@@ -36,8 +36,8 @@ What is modelled and how (``attention="flex"``, the GPU path):
 
 ``attention="rows"`` runs the CPU training path (the row-block mask and attention of
 focusft/row_block_attention.py, whose CPU flash kernels have fake-tensor kernels; with fake
-tensors every block of query rows runs against all keys, an upper bound on the real path's
-per-block transients):
+tensors, whose values are unknown, every block of query rows runs against all keys, where the
+real step cuts each block's keys to those its rows may see):
 its estimate is compared with the measured peak of a real CPU step (the test and
 ``python -m benchmarks.max_seq_len --validate``).
 """
