@@ -156,10 +156,10 @@ class RowBlockMask:
         layout = self.layout
         b, s = layout.shape
         position = torch.arange(s, device=layout.doc.device).expand(b, s)
-        _, doc_index = torch.unique(layout.doc, return_inverse=True)  # ids made dense: [0, s) per row at most
-        first = torch.full((b, s), s, dtype=torch.long, device=position.device)
-        first = first.scatter_reduce(1, doc_index.view(b, s), position, "amin")
-        key_start = first.gather(1, doc_index.view(b, s))
+        ids, doc_index = torch.unique(layout.doc, return_inverse=True)  # document ids made 0 .. len(ids) - 1
+        first = torch.full((b, len(ids)), s, dtype=torch.long, device=position.device)
+        first = first.scatter_reduce(1, doc_index, position, "amin")  # first position of each id, per row
+        key_start = first.gather(1, doc_index)
         key_stop = position + 1
         if self.mode == "bidir_context":
             turn = layout.turn_ids()  # [0, s): a row's turns are contiguous runs

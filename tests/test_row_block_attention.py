@@ -185,3 +185,12 @@ def test_key_ranges_are_each_blocks_documents_and_context_turns():
     assert causal == [(0, 10, 0, 10), (10, 20, 10, 20), (20, 30, 20, 30)]
     bidir = [(q.start, q.stop, k.start, k.stop) for q, k in RowBlockMask(layout, "bidir_context", block=11).blocks()]
     assert bidir == [(0, 11, 0, 12), (11, 22, 10, 22), (22, 30, 20, 30)]
+
+
+def test_key_ranges_with_more_document_ids_than_positions():
+    """Ids need not be small: two rows of four one-token documents, ids 0-3 and 10-13."""
+    doc = torch.tensor([[0, 1, 2, 3], [10, 11, 12, 13]])
+    context = torch.zeros(2, 4, dtype=torch.bool)
+    layout = TokenLayout(context=context, doc=doc, valid=torch.ones_like(context))
+    blocks = [(q.start, q.stop, k.start, k.stop) for q, k in RowBlockMask(layout, "causal", block=2).blocks()]
+    assert blocks == [(0, 2, 0, 2), (2, 4, 2, 4)]
