@@ -71,7 +71,7 @@ def try_length(
         labels=labels,
         layout=layout,
         input_pos=document_positions(layout.doc),
-        mask_kind="block" if device.type == "cuda" else "dense",
+        mask_kind="block" if device.type == "cuda" else "rows",
         activation_checkpointing=True,
         dtype=next(model.parameters()).dtype,
     )
@@ -115,7 +115,7 @@ def compare_estimate(preset, outcome: dict, args) -> None:
         ffn_tile_tokens=args.ffn_tile_tokens if args.tiled else None,
         accumulated_gradients=False,
     )
-    attention = "flex" if preset.device == "cuda" else "dense"
+    attention = "flex" if preset.device == "cuda" else "rows"
     estimated = estimate_step(preset, outcome["seq_len"], options, attention=attention).peak / 2**30
     measured = outcome.get("peak_allocated_gib")
     ratio = f"{estimated / measured:.3f}" if measured else "n/a (no CUDA statistics)"
@@ -353,12 +353,13 @@ def longest_fit(preset, options: StepOptions, limit: float, fits: list[int], ref
 def validate(args) -> None:
     """Estimated (fake tensors) against measured (real CPU step) peak memory, for the CPU preset."""
     preset = PRESETS["cpu"]
-    print(f"## Estimate vs measured peak memory, preset cpu (fp32, dense mask), {torch.get_num_threads()} threads\n")
+    threads = torch.get_num_threads()
+    print(f"## Estimate vs measured peak memory, preset cpu (fp32, row-block mask), {threads} threads\n")
     print("| tokens | variant | estimated MiB | measured MiB | estimate / measured |")
     print("|---|---|---|---|---|")
     for seq_len in (1024, 2048, 4096):
         for opts in (StepOptions(bilevel=False), StepOptions(), StepOptions(ffn_tile_tokens=512)):
-            estimated = estimate_step(preset, seq_len, opts, attention="dense").peak
+            estimated = estimate_step(preset, seq_len, opts, attention="rows").peak
             measured = measure_step(preset, seq_len, opts).peak
             print(
                 f"| {seq_len} | {opts.name} | {estimated / 2**20:.1f} | {measured / 2**20:.1f} | "

@@ -34,7 +34,10 @@ What is modelled and how (``attention="flex"``, the GPU path):
   unsharded copies of the layers being computed (one or two layers at a time) are not
   modelled: for 7B in bf16 under 1 GiB.
 
-``attention="dense"`` runs the CPU path exactly (dense additive mask, SDPA with a mask):
+``attention="rows"`` runs the CPU training path (the row-block mask and attention of
+focusft/row_block_attention.py, whose CPU flash kernels have fake-tensor kernels; with fake
+tensors, whose values are unknown, every block of query rows runs against all keys, where the
+real step cuts each block's keys to those its rows may see):
 its estimate is compared with the measured peak of a real CPU step (the test and
 ``python -m benchmarks.max_seq_len --validate``).
 """
@@ -59,11 +62,11 @@ from benchmarks.models import Preset, build_model
 from focusft.activation_memory import ActivationOffload, inner_checkpoint_mode
 from focusft.bilevel import InnerLoopConfig, bilevel_step
 from focusft.fast_weights import FastWeightConfig, attach_fast_weight_slots
-from focusft.masks import build_mask, document_positions
+from focusft.masks import RowBlockMask, build_mask, document_positions
 from focusft.split_decoder import SplitDecoder
 from focusft.tiled_ffn import apply_tiled_ffn
 
-Attention = Literal["flex", "dense"]
+Attention = Literal["flex", "rows"]
 BLOCK_SIZE = 128  # FlexAttention's default block, the one focusft.masks.block_mask uses
 # Host tensors up to this many elements stay real inside the fake step (1M-token rows).
 CONSTANT_NUMEL_LIMIT = 1 << 26
@@ -204,10 +207,10 @@ def estimate_step(
 
 
 def measure_step(preset: Preset, seq_len: int, options: StepOptions, seed: int = 0) -> Estimate:
-    """The same step on real CPU tensors (dense mask), measured: what :func:`estimate_step` is checked against."""
+    """The same step on real CPU tensors (row-block mask), measured: what :func:`estimate_step` is checked against."""
     if preset.device != "cpu" or options.offload:
         raise ValueError("measure_step runs CPU presets without offloading (the estimate's reference).")
-    before, segments = _step_memory(preset, seq_len, options, "dense", seed, fake_tensors=False)
+    before, segments = _step_memory(preset, seq_len, options, "rows", seed, fake_tensors=False)
     return Estimate(peak=max(peak for _, peak in segments), before=before)
 
 
@@ -314,7 +317,9 @@ def _step_memory(
                 block_mask = fake_block_mask_tensors(*layout.shape)
                 mask = None
             else:
-                block_mask, mask = None, build_mask(layout, attention_mode, "dense", dtype=dtype)
+                block_mask, mask = None, build_mask(layout, attention_mode, "rows", dtype=dtype)
+                if mode is not None and isinstance(mask, RowBlockMask):  # fake tensors: no values to bound keys
+                    mask = RowBlockMask(layout, attention_mode, key_ranges=False)
             result = bilevel_step(
                 model,
                 slots,

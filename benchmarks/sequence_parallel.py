@@ -7,8 +7,8 @@ CPU benchmark model (8 layers, width 256, 4 heads) with activation checkpointing
 recipe runs them: sp=1 is two data-parallel ranks, each training a whole row of its own;
 sp=2 is one row split in halves over the two ranks. Per rank and length it reports the peak
 growth of tensor memory during the step (prepare, mask, trunk, K inner steps, outer loss,
-backward; :mod:`benchmarks.memory`), the part of it that is the dense ``[S, S]`` fp32 mask
-(a CPU stand-in for the BlockMask of GPUs, the whole row's on every rank), and
+backward; :mod:`benchmarks.memory`) with the recipe's CPU mask (the row-block mask of
+focusft/row_block_attention.py: the whole row's layout on every rank, no ``[S, S]`` tensor), and
 the median wall and CPU seconds per step (in runs without the memory tracker). sp=2 trains
 one row per step where sp=1 trains two, so its tokens per second per rank are half the
 inverse of the wall-time ratio.
@@ -45,7 +45,7 @@ def batch_for(seq_len: int, data_rank: int) -> dict[str, torch.Tensor]:
 
 
 def measure(parallel: ParallelDims, seq_len: int, repeats: int) -> dict[str, float]:
-    """Peak memory growth (MiB) of one step (its dense mask included), the mask's MiB, median s/step, on this rank."""
+    """Peak memory growth (MiB) of one step (its mask included), median s/step, on this rank."""
     decoder = build_model(PRESETS["cpu"], "cpu", torch.float32)
     slots = attach_fast_weight_slots(decoder, FastWeightConfig())
     apply_sequence_parallel(decoder, parallel.sequence)
@@ -57,7 +57,7 @@ def measure(parallel: ParallelDims, seq_len: int, repeats: int) -> dict[str, flo
 
     def step() -> None:
         mb = prepare_batch(batch, "cpu", "document", parallel.sequence)
-        mask = build_mask(mb.layout, "bidir_context", "dense", dtype=torch.float32)  # the whole row's, as the recipe
+        mask = build_mask(mb.layout, "bidir_context", "rows")  # the whole row's, as the recipe on a CPU
         result = bilevel_step(
             model,
             slots,
@@ -87,10 +87,8 @@ def measure(parallel: ParallelDims, seq_len: int, repeats: int) -> dict[str, flo
         optimizer.zero_grad(set_to_none=False)
         seconds.append(time.perf_counter() - start)
         cpu_seconds.append(time.process_time() - cpu_start)
-    padded = seq_len + (-seq_len % parallel.sp)
     return {
         "peak_mib": tracker.peak / MIB,
-        "mask_mib": padded * padded * 4 / MIB,
         "seconds": statistics.median(seconds) if seconds else float("nan"),
         "cpu_seconds": statistics.median(cpu_seconds) if cpu_seconds else float("nan"),
     }
@@ -125,25 +123,23 @@ def main(argv: list[str] | None = None) -> None:
 def report(rows: list[dict]) -> str:
     """A markdown table (the larger of the two ranks' figures) and the sp2/sp1 ratios."""
     lines = [
-        "| length | sp | peak memory growth per rank, MiB | of it the dense mask, MiB | s/step | CPU s/step |",
-        "|---|---|---|---|---|---|",
+        "| length | sp | peak memory growth per rank, MiB | s/step | CPU s/step |",
+        "|---|---|---|---|---|",
     ]
     ratios = []
     keys = ("peak_mib", "seconds", "cpu_seconds")
     for row in rows:
         worst = {sp: {key: max(rank[sp][key] for rank in row["ranks"]) for key in keys} for sp in (1, 2)}
-        mask = {sp: row["ranks"][0][sp]["mask_mib"] for sp in (1, 2)}
         for sp, values in worst.items():
             lines.append(
-                f"| {row['seq_len']} | {sp} | {values['peak_mib']:.1f} | {mask[sp]:.1f} | {values['seconds']:.2f} "
+                f"| {row['seq_len']} | {sp} | {values['peak_mib']:.1f} | {values['seconds']:.2f} "
                 f"| {values['cpu_seconds']:.2f} |"
             )
         memory = worst[2]["peak_mib"] / worst[1]["peak_mib"]
-        without_mask = (worst[2]["peak_mib"] - mask[2]) / (worst[1]["peak_mib"] - mask[1])
         wall = worst[2]["seconds"] / worst[1]["seconds"]
         cpu = worst[2]["cpu_seconds"] / worst[1]["cpu_seconds"]
         ratios.append(
-            f"{row['seq_len']}: memory sp2/sp1 {memory:.3f}× ({without_mask:.3f}× without the dense mask); "
+            f"{row['seq_len']}: memory sp2/sp1 {memory:.3f}×; "
             f"step time sp2/sp1 {wall:.3f}× wall, {cpu:.3f}× CPU (tokens/s per rank {0.5 / wall:.3f}× wall)"
         )
     return "\n".join([*lines, "", *ratios])

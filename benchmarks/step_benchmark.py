@@ -13,6 +13,10 @@ recipe runs on one GPU (used by benchmarks/max_seq_len.py).
 
 ``--ffn-tile-tokens N`` adds rows for Standard SFT and FocuSFT with the sequence-tiled
 FFN (focusft/tiled_ffn.py), interleaved with the others, and a table of its memory saving.
+
+On a CPU the masked variants train with the row-block mask (focusft/row_block_attention.py),
+as the recipe does; ``--whole-mask`` adds a row for SFT+Bidir with the dense additive
+``[b, s, s]`` mask and SDPA (the CPU path before it), interleaved with the others.
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ BIDIR_TIME_TARGET_AC_ON = 1.60  # issue 17: FocuSFT / SFT+Bidir CPU time, the de
 # Variants run with the tiled FFN when --ffn-tile-tokens is given: (row name, untiled variant it is compared with).
 TILED_SUFFIX = ", tiled FFN"
 TILED_VARIANTS = ("Standard SFT", "FocuSFT")
+# The row --whole-mask adds: SFT+Bidir with the dense additive mask.
+WHOLE_MASK_SUFFIX = ", whole mask"
+WHOLE_MASK_VARIANT = "SFT+Bidir"
 
 
 @dataclass
@@ -129,7 +136,8 @@ def make_step(setting: Setting, variant: str, seed: int, ffn_tile_tokens: int | 
     (the model's FFNs made tileable beforehand); without, the model is run as it is.
     """
     tiles = ffn_tile_tokens if variant.endswith(TILED_SUFFIX) else None
-    variant = variant.removesuffix(TILED_SUFFIX)
+    mask_kind = "dense" if variant.endswith(WHOLE_MASK_SUFFIX) else setting.mask_kind
+    variant = variant.removesuffix(TILED_SUFFIX).removesuffix(WHOLE_MASK_SUFFIX)
     bilevel, attention = VARIANT_SETTINGS[variant]
     model, slots, s = setting.model, setting.slots, setting
     device = s.tokens.device
@@ -141,7 +149,7 @@ def make_step(setting: Setting, variant: str, seed: int, ffn_tile_tokens: int | 
     def optimised(optimize: bool = True) -> None:
         set_tiles()
         s.optimizer.zero_grad(set_to_none=True)
-        mask = build_mask(s.layout, attention, s.mask_kind, dtype=s.dtype)
+        mask = build_mask(s.layout, attention, mask_kind, dtype=s.dtype)
         result = bilevel_step(
             model,
             slots,
@@ -159,7 +167,7 @@ def make_step(setting: Setting, variant: str, seed: int, ffn_tile_tokens: int | 
     def straightforward(optimize: bool = True) -> None:
         set_tiles()
         s.optimizer.zero_grad(set_to_none=True)
-        mask = build_mask(s.layout, attention, s.mask_kind, dtype=s.dtype)
+        mask = build_mask(s.layout, attention, mask_kind, dtype=s.dtype)
         lora = lora_from_fast_weights(slots.init([seed], device=device))
         straightforward_focusft_step(
             model.decoder,
@@ -274,7 +282,7 @@ def run_cell(args, preset: Preset, model: SplitDecoder, slots, seq_len: int, ac:
         labels=labels,
         layout=layout,
         input_pos=document_positions(layout.doc),
-        mask_kind="block" if device.type == "cuda" else "dense",
+        mask_kind="block" if device.type == "cuda" else "rows",
         activation_checkpointing=ac != "off",
         dtype=next(model.parameters()).dtype,
     )
@@ -309,9 +317,10 @@ def run_cell(args, preset: Preset, model: SplitDecoder, slots, seq_len: int, ac:
 
 
 def row_variants(args) -> list[str]:
-    """The variants asked for, then their tiled-FFN rows when ``--ffn-tile-tokens`` is given."""
+    """The variants asked for, then the tiled-FFN rows (``--ffn-tile-tokens``) and the ``--whole-mask`` row."""
     tiled = [v + TILED_SUFFIX for v in TILED_VARIANTS if v in args.variants] if args.ffn_tile_tokens else []
-    return [*args.variants, *tiled]
+    whole = [WHOLE_MASK_VARIANT + WHOLE_MASK_SUFFIX] if args.whole_mask and WHOLE_MASK_VARIANT in args.variants else []
+    return [*args.variants, *tiled, *whole]
 
 
 def report(args, preset: Preset, fraction: float, results) -> str:
@@ -390,6 +399,12 @@ def report(args, preset: Preset, fraction: float, results) -> str:
                         None,
                     )
                 )
+            whole = cell.get(WHOLE_MASK_VARIANT + WHOLE_MASK_SUFFIX)
+            if bidir and whole and not bidir.error and not whole.error:
+                name = f"{seq_len}, AC {ac}: SFT+Bidir row blocks / whole mask"
+                checks.append((f"{name} time", bidir.cost(device) / whole.cost(device), None))
+                if bidir.memory is not None and whole.memory:
+                    checks.append((f"{name} memory growth", bidir.memory / whole.memory, None))
             slow = cell.get("FocuSFT straightforward")
             if slow and not slow.error:
                 checks.append(
@@ -472,6 +487,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ffn-tile-tokens", type=int, help="add Standard SFT and FocuSFT rows with FFN tiles of this many positions"
     )
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument(
+        "--whole-mask", action="store_true", help="add SFT+Bidir with the dense [b, s, s] mask (what row blocks cost)"
+    )
     parser.add_argument("--inner-steps", type=int, default=2)
     parser.add_argument("--layer-fraction", type=float, default=0.35)
     parser.add_argument("--repeats", type=int, help="timed rounds (default: the preset's; 0: memory only)")

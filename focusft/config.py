@@ -19,7 +19,7 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -28,12 +28,13 @@ from focusft.bilevel import InnerLoopConfig
 from focusft.documents import FAST_WEIGHT_SCOPES, FastWeightScope
 from focusft.errors import ConfigError
 from focusft.fast_weights import FastWeightConfig
-from focusft.masks import MASK_MODES, MaskMode
+from focusft.masks import MASK_KINDS as _KINDS
+from focusft.masks import MASK_MODES, MaskKind, MaskMode
 from focusft.normalization import LOSS_NORMALIZATIONS, LossNormalization
+from focusft.row_block_attention import unavailable_reason
 from focusft.run_guard import unwritable_reason
 
-MaskKind = Literal["dense", "block"]
-MASK_KINDS = ("auto", "dense", "block")
+MASK_KINDS = ("auto", *_KINDS)
 
 # Key of the focusft section -> (field of the config it feeds, name of that field).
 _INNER_KEYS = {"inner_steps": "steps", "inner_lr": "lr", "inner_grad_clip": "grad_clip"}
@@ -155,16 +156,26 @@ class FocusConfig:
         """The inner loop to run, or None for the non-bilevel variants."""
         return self.inner if self.bilevel else None
 
-    def mask_kind(self, device: torch.device) -> MaskKind:
-        """``auto``: a FlexAttention BlockMask where torchtune runs FlexAttention (CUDA sm75+), else dense."""
+    def mask_kind(self, device: torch.device, training: bool = True) -> MaskKind:
+        """``auto``: a FlexAttention BlockMask where torchtune runs FlexAttention (CUDA sm75+); on a CPU the
+        row-block mask for training (:mod:`focusft.row_block_attention`: no ``[b, s, s]`` tensor) and the
+        dense mask for a plain decoder's forward (``training=False``: analysis); dense elsewhere.
+        """
         flex = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 5)
         if self.mask == "block" and not flex:
             raise ConfigError(
                 "focusft.mask=block needs a CUDA GPU with FlexAttention (compute capability 7.5+); "
                 f"this run is on {device}. Use focusft.mask=dense or auto."
             )
+        if self.mask == "rows":
+            reason = unavailable_reason() if device.type == "cpu" else f"this run is on {device}"
+            if reason:
+                raise ConfigError(f"focusft.mask=rows runs the CPU flash-attention kernel; {reason}. Use auto.")
         if self.mask == "auto":
-            return "block" if flex else "dense"
+            if flex:
+                return "block"
+            rows = training and device.type == "cpu" and unavailable_reason() is None
+            return "rows" if rows else "dense"
         return self.mask  # type: ignore[return-value]
 
 

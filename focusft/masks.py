@@ -1,16 +1,19 @@
 """The FocuSFT attention mask: bidirectional inside context turns, causal elsewhere.
 
-One ``mask_mod`` defines the mask (docs/DESIGN.md section 2). It is materialised either
-as a FlexAttention ``BlockMask`` (GPU: no S x S tensor) or as a dense ``[b, s, s]``
-tensor, bool or additive (CPU, where FlexAttention has no backward). torchtune's
-``TransformerDecoder.forward(mask=...)`` accepts both, and ``None``: the attention
-kernel's own causal mask, which :func:`build_mask` returns where it is the same mask.
+One ``mask_mod`` defines the mask (docs/DESIGN.md section 2). It is materialised as a
+FlexAttention ``BlockMask`` (GPU: no S x S tensor), as a dense ``[b, s, s]`` tensor, bool
+or additive (CPU inference and analysis), or as a :class:`RowBlockMask` (CPU training,
+where FlexAttention has no backward): the per-token layout, materialised one block of
+query rows at a time by :mod:`focusft.row_block_attention`. torchtune's
+``TransformerDecoder.forward(mask=...)`` accepts tensors, BlockMasks and ``None`` (the
+attention kernel's own causal mask, which :func:`build_mask` returns where it is the
+same mask); a RowBlockMask needs the attention call of :mod:`focusft.row_block_attention`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Literal, get_args
 
@@ -20,7 +23,8 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 MaskMode = Literal["bidir_context", "causal"]
 MASK_MODES: tuple[str, ...] = get_args(MaskMode)
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-AttentionMask = torch.Tensor | BlockMask | None
+MaskKind = Literal["dense", "block", "rows"]
+MASK_KINDS: tuple[str, ...] = get_args(MaskKind)
 # Sequence lengths are padded to a multiple of this for the BlockMask (its block size), so
 # that FlexAttention sees whole blocks and fewer distinct shapes.
 LENGTH_MULTIPLE = 128
@@ -92,18 +96,105 @@ def focus_mask_mod(layout: TokenLayout, mode: MaskMode) -> MaskMod:
     return mask_mod
 
 
-def dense_mask(layout: TokenLayout, mode: MaskMode) -> torch.Tensor:
-    """Bool ``[b, s, s]`` mask (True = may attend), for SDPA.
+def mask_rows(mask_mod: MaskMod, batch: int, queries: slice, keys: slice, device: torch.device | str) -> torch.Tensor:
+    """Bool ``[batch, len(queries), len(keys)]``: the mask's query rows ``queries`` against keys ``keys``.
 
     The ``mask_mod`` is evaluated once on broadcast index grids: the same function the
     BlockMask uses, ~25x faster than ``create_mask``'s vmap over every (q, k) pair.
     """
+    b = torch.arange(batch, device=device)[:, None, None]
+    q = torch.arange(queries.start, queries.stop, device=device)[None, :, None]
+    k = torch.arange(keys.start, keys.stop, device=device)[None, None, :]
+    return mask_mod(b, torch.zeros((), dtype=torch.long, device=device), q, k)
+
+
+def dense_mask(layout: TokenLayout, mode: MaskMode) -> torch.Tensor:
+    """Bool ``[b, s, s]`` mask (True = may attend), for SDPA."""
     b, s = layout.shape
-    device = layout.context.device
-    batch = torch.arange(b, device=device)[:, None, None]
-    q = torch.arange(s, device=device)[None, :, None]
-    k = torch.arange(s, device=device)[None, None, :]
-    return focus_mask_mod(layout, mode)(batch, torch.zeros((), dtype=torch.long, device=device), q, k)
+    return mask_rows(focus_mask_mod(layout, mode), b, slice(0, s), slice(0, s), layout.context.device)
+
+
+# Query rows per block of a RowBlockMask: the fastest on the CPU preset's attention at 4K
+# tokens (fp32, one thread; 256-1024 within 5%, 128 and 2048 slower): benchmarks/row_block_size.py,
+# BENCHMARKS.md (issue 17).
+ROW_BLOCK = 512
+
+
+@dataclass(frozen=True, eq=False)
+class RowBlockMask:
+    """The mask of ``layout`` under ``mode``, kept as its ``O(b·s)`` layout and made ``block`` query rows at a time.
+
+    :meth:`blocks` cuts the queries into blocks and gives each the range of keys that
+    holds every key its rows may see (below); :meth:`additive` makes that block's additive
+    mask, ``[b, 1, rows, keys]`` (SDPA's shape, broadcast over heads), from the same
+    ``mask_mod`` as the other representations. The attention of
+    :mod:`focusft.row_block_attention` calls it in its forward and again in its backward
+    pass, so no ``[b, s, s]`` tensor is made or kept.
+
+    Key range (docs/DESIGN.md section 2): query ``q`` may see only itself, keys of its
+    document at or before it, and, in the ``bidir_context`` mode when ``q`` is a context
+    token, keys of its turn. So its keys lie in ``[first position of q's document id,
+    max(q, last position of q's turn) + 1)``; keys outside a block's range are masked for
+    every row of the block, and leaving them out changes only the order of fp32 sums.
+    ``key_ranges=False`` gives every block all keys (fake tensors, whose values are unknown).
+    """
+
+    layout: TokenLayout
+    mode: MaskMode
+    block: int = ROW_BLOCK
+    key_ranges: bool = True
+    mask_mod: MaskMod = field(init=False, repr=False)
+    _key_start: torch.Tensor = field(init=False, repr=False)  # [b, s] first key query q may see
+    _key_stop: torch.Tensor = field(init=False, repr=False)  # [b, s] one past the last
+
+    def __post_init__(self) -> None:
+        if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
+            raise ValueError(f"RowBlockMask.block must be a positive number of query rows, got {self.block!r}.")
+        object.__setattr__(self, "mask_mod", focus_mask_mod(self.layout, self.mode))
+        if not self.key_ranges:
+            return
+        layout = self.layout
+        b, s = layout.shape
+        position = torch.arange(s, device=layout.doc.device).expand(b, s)
+        ids, doc_index = torch.unique(layout.doc, return_inverse=True)  # document ids made 0 .. len(ids) - 1
+        first = torch.full((b, len(ids)), s, dtype=torch.long, device=position.device)
+        first = first.scatter_reduce(1, doc_index, position, "amin")  # first position of each id, per row
+        key_start = first.gather(1, doc_index)
+        key_stop = position + 1
+        if self.mode == "bidir_context":
+            turn = layout.turn_ids()  # [0, s): a row's turns are contiguous runs
+            last = torch.zeros((b, s), dtype=torch.long, device=position.device)
+            turn_end = last.scatter_reduce(1, turn, position, "amax").gather(1, turn) + 1
+            key_stop = torch.where(layout.context, torch.maximum(key_stop, turn_end), key_stop)
+        object.__setattr__(self, "_key_start", key_start)
+        object.__setattr__(self, "_key_stop", key_stop)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(batch, seq_len)``."""
+        return self.layout.shape
+
+    def blocks(self) -> list[tuple[slice, slice]]:
+        """``(queries, keys)`` of each block of query rows (the last may be shorter): one host sync per block."""
+        s = self.shape[1]
+        result = []
+        for start in range(0, s, self.block):
+            queries = slice(start, min(start + self.block, s))
+            if not self.key_ranges:
+                result.append((queries, slice(0, s)))
+                continue
+            first = int(self._key_start[:, queries].min())
+            stop = int(self._key_stop[:, queries].max())
+            result.append((queries, slice(first, stop)))
+        return result
+
+    def additive(self, queries: slice, keys: slice, dtype: torch.dtype) -> torch.Tensor:
+        """Additive ``[b, 1, len(queries), len(keys)]`` mask of a block in ``dtype`` (:func:`additive_mask`)."""
+        allowed = mask_rows(self.mask_mod, self.shape[0], queries, keys, self.layout.context.device)
+        return additive_mask(allowed, dtype)[:, None]
+
+
+AttentionMask = torch.Tensor | BlockMask | RowBlockMask | None
 
 
 @cache
@@ -157,18 +248,18 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     backward pass (one ``[b, s, s]`` tensor per layer and pass); given it once, every
     layer shares it. The softmax is the same: no row is empty (``q == k`` is allowed).
     """
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(mask, zero, torch.full((), float("-inf"), dtype=dtype, device=mask.device))
 
 
-def build_mask(
-    layout: TokenLayout, mode: MaskMode, kind: Literal["dense", "block"], dtype: torch.dtype | None = None
-) -> AttentionMask:
+def build_mask(layout: TokenLayout, mode: MaskMode, kind: MaskKind, dtype: torch.dtype | None = None) -> AttentionMask:
     """The mask for one micro-batch, in the representation the attention kernel needs.
 
     ``None`` for the causal mode on rows of one unpacked document each: torchtune then
     calls SDPA with ``is_causal=True``, whose kernels skip the masked half instead of
     computing all ``s × s`` scores. Losses are unchanged. A dense mask is additive in
-    ``dtype`` when that is given (see :func:`additive_mask`), else bool.
+    ``dtype`` when that is given (see :func:`additive_mask`), else bool. A ``rows``
+    mask (:class:`RowBlockMask`) takes the activations' dtype when it is used.
     """
     check_mask_mode(mode)
     if mode == "causal" and is_plain_causal(layout):
@@ -178,4 +269,6 @@ def build_mask(
         return additive_mask(mask, dtype) if dtype is not None else mask
     if kind == "block":
         return block_mask(layout, mode)
-    raise ValueError(f"Unknown mask kind {kind!r}; expected 'dense' or 'block'.")
+    if kind == "rows":
+        return RowBlockMask(layout, mode)
+    raise ValueError(f"Unknown mask kind {kind!r}; expected one of {MASK_KINDS}.")

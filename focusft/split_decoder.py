@@ -18,6 +18,7 @@ from focusft.activation_memory import ActivationOffload, CheckpointMode, run_che
 from focusft.fast_weights import FastWeights, FastWeightSlots, run_layer
 from focusft.loss import token_cross_entropy
 from focusft.masks import AttentionMask
+from focusft.row_block_attention import install_row_block_attention
 
 IGNORE_INDEX = -100
 
@@ -38,7 +39,9 @@ class SplitDecoder(nn.Module):
     (:data:`focusft.activation_memory.CheckpointMode`) says what it keeps:
     ``selective`` keeps the attention outputs and recomputes the rest.
     ``offload`` (:class:`focusft.activation_memory.ActivationOffload`), when given,
-    sends what every pass saves to host memory.
+    sends what every pass saves to host memory. Every attention layer takes a
+    :class:`focusft.masks.RowBlockMask` (:func:`install_row_block_attention`) besides the
+    masks torchtune takes.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class SplitDecoder(nn.Module):
         offload: ActivationOffload | None = None,
     ):
         super().__init__()
+        install_row_block_attention(decoder)
         self.decoder = decoder
         self.split = slots.first_layer
         self.activation_checkpointing = activation_checkpointing

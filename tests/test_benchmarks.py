@@ -59,13 +59,14 @@ def test_dry_run_prints_the_plan_for_a_gpu_preset(capsys):
 def test_a_tiny_cpu_run_prints_every_variant_breakdown_and_targets(tmp_path, capsys):
     raw = tmp_path / "raw.json"
     argv = ["--seq-lens", "64", "--ac", "on", "--repeats", "1", "--warmup", "0", "--ffn-tile-tokens", "16"]
-    step_benchmark.main([*argv, "--json", str(raw)])
+    step_benchmark.main([*argv, "--whole-mask", "--json", str(raw)])
     out = capsys.readouterr().out
     tiled = [v + step_benchmark.TILED_SUFFIX for v in step_benchmark.TILED_VARIANTS]
-    for variant in [*step_benchmark.VARIANTS, *tiled]:
+    for variant in [*step_benchmark.VARIANTS, *tiled, "SFT+Bidir, whole mask"]:
         assert f"| 64 | on | {variant} |" in out
     assert "| outer backward |" in out and "| inner step 2 (" in out
     assert "FocuSFT / straightforward time" in out and "FocuSFT / SFT memory growth" in out
+    assert "SFT+Bidir row blocks / whole mask time" in out and "row blocks / whole mask memory growth" in out
     assert "FocuSFT / SFT+Bidir time" in out and "| 64 | on | FocuSFT | " in out.split("Sequence-tiled FFN")[1]
     cell = json.loads(raw.read_text())["64|on"]
     assert all(len(m["times"]) == 1 and m["memory"] > 0 for m in cell.values())
@@ -122,13 +123,13 @@ def test_sequence_parallel_report_takes_the_larger_rank_and_gives_the_ratios():
 
     def rank(peak1, peak2):
         return {
-            sp: {"peak_mib": peak, "mask_mib": 16.0, "seconds": 2.0 * sp, "cpu_seconds": 1.0 * sp}
+            sp: {"peak_mib": peak, "seconds": 2.0 * sp, "cpu_seconds": 1.0 * sp}
             for sp, peak in ((1, peak1), (2, peak2))
         }
 
     out = report([{"seq_len": 2048, "ranks": [rank(100.0, 50.0), rank(90.0, 60.0)]}])
-    assert "| 2048 | 2 | 60.0 | 16.0 | 4.00 | 2.00 |" in out
-    assert "memory sp2/sp1 0.600× (0.524× without the dense mask)" in out
+    assert "| 2048 | 2 | 60.0 | 4.00 | 2.00 |" in out
+    assert "memory sp2/sp1 0.600×;" in out
     assert "step time sp2/sp1 2.000× wall, 2.000× CPU (tokens/s per rank 0.250× wall)" in out
 
 
@@ -145,3 +146,12 @@ def test_lora_benchmark_counts_what_each_outer_loop_trains_and_keeps(capsys):
     # QLoRA keeps less training state than LoRA, which keeps less than full fine-tuning.
     state = {outer: float(rows[(outer, "FocuSFT")].split("|")[4]) for outer in lora_benchmark.OUTER}
     assert state["QLoRA"] < state["LoRA"] < state["full"]
+
+
+def test_row_block_size_prints_each_block_against_the_whole_mask(capsys):
+    from benchmarks import row_block_size
+
+    row_block_size.main(["--seq-len", "64", "--blocks", "16", "48", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "| whole mask (SDPA; building the mask once:" in out
+    assert "| row blocks of 16 |" in out and "| row blocks of 48 |" in out

@@ -276,14 +276,15 @@ def alone(tokens, labels, layout, d, mode):
     )
 
 
-def packed_step(model, slots, tokens, labels, layout, mode, inner, fast):
+def packed_step(model, slots, tokens, labels, layout, mode, inner, fast, mask=None):
+    """``bilevel_step`` on ``layout``'s documents, with its bool dense mask unless ``mask`` is given."""
     documents = Documents.from_layout(layout)
     return bilevel_step(
         model,
         slots,
         tokens,
         labels,
-        mask=dense_mask(layout, mode),
+        mask=dense_mask(layout, mode) if mask is None else mask,
         input_pos=document_positions(layout.doc),
         inner=inner,
         documents=documents,

@@ -62,8 +62,13 @@ def test_bad_focusft_values_name_the_key(section, message):
     assert message in str(error.value)
 
 
-def test_block_mask_on_cpu_is_rejected_and_auto_picks_dense():
-    assert FocusConfig.from_section({"mask": "auto"}).mask_kind(torch.device("cpu")) == "dense"
+def test_block_mask_on_cpu_is_rejected_and_auto_picks_row_blocks_for_training():
+    auto = FocusConfig.from_section({"mask": "auto"})
+    assert auto.mask_kind(torch.device("cpu")) == "rows"
+    assert auto.mask_kind(torch.device("cpu"), training=False) == "dense"  # a plain decoder's forward
+    assert FocusConfig.from_section({"mask": "dense"}).mask_kind(torch.device("cpu")) == "dense"
+    with pytest.raises(ConfigError, match="focusft.mask=rows runs the CPU flash-attention kernel; this run is on meta"):
+        FocusConfig.from_section({"mask": "rows"}).mask_kind(torch.device("meta"))
     with pytest.raises(ConfigError, match="focusft.mask=block needs a CUDA GPU"):
         FocusConfig.from_section({"mask": "block"}).mask_kind(torch.device("cpu"))
 

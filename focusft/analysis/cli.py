@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> Path:
             )
     args.output_dir.mkdir(parents=True, exist_ok=True)
     dtype = resolve_dtype(args.dtype, device)
-    mask_kind = FocusConfig(mask="auto").mask_kind(device)
+    mask_kind = FocusConfig(mask="auto").mask_kind(device, training=False)
     results = []
     for checkpoint, label, mask in zip(checkpoints, labels, masks):
         print(f"{label}: {checkpoint.num_layers} layers, {mask} mask, {sample.seq_len} tokens", file=sys.stderr)

@@ -10,7 +10,6 @@ forward is whatever runs the model: a plain decoder here, the recipe's sharded
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import nn
@@ -20,7 +19,7 @@ from tqdm import tqdm
 from focusft.analysis.metrics import HEATMAP_SIZE, AttentionMetrics, MetricsAccumulator
 from focusft.analysis.probabilities import attention_probabilities, default_query_chunk, queries_and_keys
 from focusft.analysis.sample import AttentionSample
-from focusft.masks import AttentionMask, MaskMode, build_mask, focus_mask_mod
+from focusft.masks import AttentionMask, MaskKind, MaskMode, build_mask, focus_mask_mod
 
 # forward(tokens [1, s], mask, input_pos [1, s]) runs every layer of the model once.
 Forward = Callable[[torch.Tensor, AttentionMask, torch.Tensor], object]
@@ -33,7 +32,7 @@ def measure_attention(
     mode: MaskMode,
     *,
     device: torch.device | str,
-    mask_kind: Literal["dense", "block"] = "dense",
+    mask_kind: MaskKind = "dense",
     heatmap_layer: int | None = None,
     with_heatmap: bool = True,
     heatmap_size: int = HEATMAP_SIZE,

@@ -71,9 +71,10 @@ def build(checkpointing: bool, shard) -> tuple[SplitDecoder, object]:
     return SplitDecoder(decoder, slots, activation_checkpointing=checkpointing), slots
 
 
-def micro_batch(model, slots, batch, mode: str, bilevel: bool, shard):
+def micro_batch(model, slots, batch, mode: str, bilevel: bool, shard, reference: bool = False):
+    """One bilevel step; on a CPU the SP runs take the row-block mask and the whole-row reference the dense one."""
     mb = prepare_batch(batch, DEVICE, "document", shard)
-    kind = "block" if DEVICE.type == "cuda" else "dense"
+    kind = "block" if DEVICE.type == "cuda" else ("dense" if reference else "rows")
     return mb, bilevel_step(
         model,
         slots,
@@ -118,7 +119,7 @@ def run_case(
     ref_inner, ref_loss, ref_weight = {}, 0.0, 0
     outers = []
     for d in range(parallel.dp):
-        ref_mb, ref = micro_batch(reference, ref_slots, collated(kind, d), mode, bilevel, WHOLE_ROW)
+        ref_mb, ref = micro_batch(reference, ref_slots, collated(kind, d), mode, bilevel, WHOLE_ROW, reference=True)
         outers.append((ref, outer_loss(ref.token_losses, ref_mb.labels, ref_mb.layout, normalization)))
     total = sum(int(o.weight) for _, o in outers)
     for d, (ref, ref_outer) in enumerate(outers):
