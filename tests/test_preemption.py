@@ -131,7 +131,7 @@ def test_sigint_stops_with_one_line_and_exit_130(config, base_dir, tmp_path):
     lines = re.findall(r"FocuSFT:[^\r\n]*", stderr)
     assert len(lines) == 1 and lines[0].startswith("FocuSFT: stopped by SIGINT; nothing was saved"), stderr[-3000:]
     assert (
-        "Standard SFT, full fine-tuning: 6 steps (2/epoch), 1 process(es) (sequence parallel: 1), dense mask, "
+        "Standard SFT, full fine-tuning: 6 steps (2/epoch), 1 process(es) (sequence parallel: 1), rows mask, "
         "no fast weights (bilevel=false)"
     ) in stderr
 
