@@ -148,6 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-s", type=float, default=300.0, help="no new length is started after this")
     parser.add_argument("--json", help="also write the outcomes to this file")
     args = parser.parse_args(argv)
+    if args.gpu_memory_gib <= 0:
+        parser.error(f"--gpu-memory-gib must be > 0, got {args.gpu_memory_gib:g}")
+    if args.ffn_tile_tokens < 1:
+        parser.error(f"--ffn-tile-tokens must be >= 1, got {args.ffn_tile_tokens}")
     if args.estimate or args.validate:
         if args.sp != 1:
             # Extension point for Ulysses sequence parallelism: estimate one rank's step with its

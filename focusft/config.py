@@ -283,6 +283,20 @@ def _is_int(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
+# Top-level switches a YAML or `key=value` override can set to any value: anything but true/false
+# (or unset) would otherwise be read as truthy or falsy without a word.
+BOOLEAN_SWITCHES = (
+    "enable_activation_checkpointing",
+    "enable_inner_activation_checkpointing",
+    "enable_activation_offloading",
+    "compile",
+    "fsdp_reshard_after_forward",
+    "save_adapter_weights_only",
+    "shuffle",
+    "length_grouped",
+)
+
+
 def check_training_values(cfg: DictConfig) -> None:
     """Ranges and types of the recipe's own top-level keys."""
     for key in ("output_dir", "model", "tokenizer", "checkpointer", "dataset", "optimizer", "metric_logger"):
@@ -292,6 +306,9 @@ def check_training_values(cfg: DictConfig) -> None:
     for key in ("max_steps_per_epoch", "save_every_n_steps", "stop_after_step", "ffn_tile_tokens"):
         value = cfg.get(key)
         require(value is None or _is_int(value, 1), f"`{key}` must be null or an integer >= 1, got {value!r}.")
+    for key in BOOLEAN_SWITCHES:
+        value = cfg.get(key)
+        require(value is None or isinstance(value, bool), f"`{key}` must be true or false, got {value!r}.")
     for key, default in (("log_every_n_steps", 1), ("keep_recipe_states", 2), ("max_consecutive_skipped_steps", 10)):
         value = cfg.get(key, default)
         require(_is_int(value, 1), f"`{key}` must be an integer >= 1, got {value!r}.")

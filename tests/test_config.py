@@ -84,6 +84,9 @@ def test_block_mask_on_cpu_is_rejected_and_auto_picks_row_blocks_for_training():
         ({"warmup_ratio": 1.0}, "`warmup_ratio` must be null or in [0, 1)"),
         ({"dtype": "fp16"}, "`dtype` must be fp32 or bf16"),
         ({"dataset": None}, "Config key `dataset` is required"),
+        ({"enable_activation_offloading": "maybe"}, "`enable_activation_offloading` must be true or false"),
+        ({"enable_inner_activation_checkpointing": 2}, "`enable_inner_activation_checkpointing` must be true or false"),
+        ({"enable_activation_checkpointing": "nope"}, "`enable_activation_checkpointing` must be true or false"),
     ],
 )
 def test_bad_training_values_name_the_key(override, message):
