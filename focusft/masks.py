@@ -144,15 +144,20 @@ class RowBlockMask:
     block: int = ROW_BLOCK
     key_ranges: bool = True
     mask_mod: MaskMod = field(init=False, repr=False)
-    _key_start: torch.Tensor = field(init=False, repr=False)  # [b, s] first key query q may see
-    _key_stop: torch.Tensor = field(init=False, repr=False)  # [b, s] one past the last
+    _blocks: list[tuple[slice, slice]] = field(init=False, repr=False)  # (queries, keys) of each block
 
     def __post_init__(self) -> None:
         if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
             raise ValueError(f"RowBlockMask.block must be a positive number of query rows, got {self.block!r}.")
         object.__setattr__(self, "mask_mod", focus_mask_mod(self.layout, self.mode))
+        object.__setattr__(self, "_blocks", self._block_ranges())
+
+    def _block_ranges(self) -> list[tuple[slice, slice]]:
+        """Each block's queries and key range, once per mask (one host sync per block), not per attention call."""
+        s = self.shape[1]
+        starts = range(0, s, self.block)
         if not self.key_ranges:
-            return
+            return [(slice(start, min(start + self.block, s)), slice(0, s)) for start in starts]
         layout = self.layout
         b, s = layout.shape
         position = torch.arange(s, device=layout.doc.device).expand(b, s)
@@ -166,8 +171,12 @@ class RowBlockMask:
             last = torch.zeros((b, s), dtype=torch.long, device=position.device)
             turn_end = last.scatter_reduce(1, turn, position, "amax").gather(1, turn) + 1
             key_stop = torch.where(layout.context, torch.maximum(key_stop, turn_end), key_stop)
-        object.__setattr__(self, "_key_start", key_start)
-        object.__setattr__(self, "_key_stop", key_stop)
+        result = []
+        for start in starts:
+            queries = slice(start, min(start + self.block, s))
+            keys = slice(int(key_start[:, queries].min()), int(key_stop[:, queries].max()))
+            result.append((queries, keys))
+        return result
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -175,18 +184,8 @@ class RowBlockMask:
         return self.layout.shape
 
     def blocks(self) -> list[tuple[slice, slice]]:
-        """``(queries, keys)`` of each block of query rows (the last may be shorter): one host sync per block."""
-        s = self.shape[1]
-        result = []
-        for start in range(0, s, self.block):
-            queries = slice(start, min(start + self.block, s))
-            if not self.key_ranges:
-                result.append((queries, slice(0, s)))
-                continue
-            first = int(self._key_start[:, queries].min())
-            stop = int(self._key_stop[:, queries].max())
-            result.append((queries, slice(first, stop)))
-        return result
+        """``(queries, keys)`` of each block of query rows (the last may be shorter)."""
+        return self._blocks
 
     def additive(self, queries: slice, keys: slice, dtype: torch.dtype) -> torch.Tensor:
         """Additive ``[b, 1, len(queries), len(keys)]`` mask of a block in ``dtype`` (:func:`additive_mask`)."""
