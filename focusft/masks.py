@@ -144,13 +144,12 @@ class RowBlockMask:
     block: int = ROW_BLOCK
     key_ranges: bool = True
     mask_mod: MaskMod = field(init=False, repr=False)
-    _blocks: list[tuple[slice, slice]] = field(init=False, repr=False)  # (queries, keys) of each block
+    _blocks: list[tuple[slice, slice]] | None = field(init=False, repr=False, default=None)  # made on first use
 
     def __post_init__(self) -> None:
         if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
             raise ValueError(f"RowBlockMask.block must be a positive number of query rows, got {self.block!r}.")
         object.__setattr__(self, "mask_mod", focus_mask_mod(self.layout, self.mode))
-        object.__setattr__(self, "_blocks", self._block_ranges())
 
     def _block_ranges(self) -> list[tuple[slice, slice]]:
         """Each block's queries and key range, once per mask (one host sync per block), not per attention call."""
@@ -184,7 +183,9 @@ class RowBlockMask:
         return self.layout.shape
 
     def blocks(self) -> list[tuple[slice, slice]]:
-        """``(queries, keys)`` of each block of query rows (the last may be shorter)."""
+        """``(queries, keys)`` of each block of query rows (the last may be shorter), made on the first call."""
+        if self._blocks is None:
+            object.__setattr__(self, "_blocks", self._block_ranges())
         return self._blocks
 
     def additive(self, queries: slice, keys: slice, dtype: torch.dtype) -> torch.Tensor:
