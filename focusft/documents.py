@@ -9,7 +9,7 @@ stacked fast weights ``[D, ...]`` reach the tokens:
 - ``rows``: one document per row: a batched matmul over rows, no copies.
 - ``chunks``: packed rows: each document's tokens in chunks of at most
   :data:`CHUNK_TOKENS`, padded, and multiplied with a bmm against their
-  document's fast weights (:func:`focusft.fast_weights.chunked_low_rank`).
+  document's fast weights (:class:`focusft.fast_weights.ChunkedLowRank`).
 
 Everything here is built on the host from the collated batch, before it moves to
 the device, so the training step never waits on the device for it.

@@ -65,46 +65,49 @@ class FastWeightConfig:
 
 
 class ChunkedLowRank(torch.autograd.Function):
-    """``(x Aᵀ) Bᵀ`` with each token's own document's ``A [D, r, in]`` and ``B [D, out, r]``.
+    """``y + scale · (x Aᵀ) Bᵀ`` with each token's own document's ``A [D, r, in]`` and ``B [D, out, r]``.
 
     Tokens are gathered in padded chunks (``chunk_tokens [n, c]`` flat positions, padded
     with ``N``; ``chunk_document [n]``) and multiplied with two bmms. Only ``x`` (which
     the base projection keeps anyway), the fast weights and the small ``[n, c, r]``
     product are saved: the gathered copies of ``x`` and of ``A``/``B`` are rebuilt in the
-    backward pass, so packing costs no activation memory.
+    backward pass, so packing costs no activation memory. The delta is added into a copy
+    of ``y`` (no separate ``[N, out]`` delta, no scaled copy): padded slots gather the last
+    token and add zero to it, since their low-rank rows are zeroed.
     """
 
     @staticmethod
-    def forward(ctx, x, a, b, chunk_tokens, chunk_document):
+    def forward(ctx, y, x, a, b, scale, chunk_tokens, chunk_document):
         flat = x.reshape(-1, x.shape[-1])
+        positions = chunk_tokens.clamp(max=flat.shape[0] - 1)
         used = (chunk_tokens < flat.shape[0]).unsqueeze(-1)
-        gathered = flat[chunk_tokens.clamp(max=flat.shape[0] - 1)]
-        low = torch.bmm(gathered, a[chunk_document].mT) * used
+        low = torch.bmm(flat[positions], a[chunk_document].mT) * used
         out = torch.bmm(low, b[chunk_document].mT)
-        delta = out.new_zeros(flat.shape[0] + 1, out.shape[-1]).index_add_(0, chunk_tokens.flatten(), out.flatten(0, 1))
+        result = y.reshape(-1, y.shape[-1]).index_add(0, positions.flatten(), out.flatten(0, 1), alpha=scale)
         ctx.save_for_backward(x, a, b, chunk_tokens, chunk_document, low)
-        return delta[:-1].view(*x.shape[:-1], out.shape[-1])
+        ctx.scale = scale
+        return result.view_as(y)
 
     @staticmethod
-    def backward(ctx, grad_delta):
+    def backward(ctx, grad_result):
         x, a, b, chunk_tokens, chunk_document, low = ctx.saved_tensors
         flat = x.reshape(-1, x.shape[-1])
         positions = chunk_tokens.clamp(max=flat.shape[0] - 1)
         used = (chunk_tokens < flat.shape[0]).unsqueeze(-1)
-        grad_out = grad_delta.reshape(-1, grad_delta.shape[-1])[positions] * used
+        grad_out = grad_result.reshape(-1, grad_result.shape[-1])[positions] * (used * ctx.scale)
         a_chunks, b_chunks = a[chunk_document], b[chunk_document]
         grad_low = torch.bmm(grad_out, b_chunks)
         grad_x = grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[1]:
             grad_gathered = torch.bmm(grad_low, a_chunks)
             grad_x = flat.new_zeros(flat.shape[0] + 1, flat.shape[1])
             grad_x = grad_x.index_add_(0, chunk_tokens.flatten(), grad_gathered.flatten(0, 1))[:-1].view_as(x)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[2]:
             grad_a_chunks = torch.bmm(grad_low.mT, flat[positions])
             grad_a = torch.zeros_like(a).index_add_(0, chunk_document, grad_a_chunks)
-        if ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[3]:
             grad_b = torch.zeros_like(b).index_add_(0, chunk_document, torch.bmm(grad_out.mT, low))
-        return grad_x, grad_a, grad_b, None, None
+        return grad_result, grad_x, grad_a, grad_b, None, None, None
 
 
 class FastLoRALinear(nn.Linear):
@@ -137,17 +140,23 @@ FAST_SLOTS = ("fast_a", "fast_b", "fast_chunk_tokens", "fast_chunk_document")
 
 
 def add_fast_low_rank(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``y + scale · (x Aᵀ) Bᵀ`` with the fast weights in ``module``'s slots; ``y`` when they are empty."""
+    """``y + scale · (x Aᵀ) Bᵀ`` with the fast weights in ``module``'s slots; ``y`` when they are empty.
+
+    One fused multiply-add (``addmm``/``baddbmm``/``index_add`` with ``alpha=scale``): the
+    result is the only new ``[..., out]`` tensor. A separate delta, its scaled copy and the
+    sum would hold three more at once, the FFN's widest activations (docs/DESIGN.md 6b).
+    """
     if module.fast_a is None:
         return y
     a, b = module.fast_a.to(x.dtype), module.fast_b.to(x.dtype)
+    scale = module.scale
     if a.dim() == 2:  # one pair for every token
-        low_rank = F.linear(F.linear(x, a), b)
-    elif module.fast_chunk_tokens is None:  # one pair per row
-        low_rank = (x @ a.mT) @ b.mT
-    else:  # one pair per document, tokens routed in chunks
-        low_rank = ChunkedLowRank.apply(x, a, b, module.fast_chunk_tokens, module.fast_chunk_document)
-    return y + module.scale * low_rank
+        low = F.linear(x, a).reshape(-1, a.shape[0])
+        return torch.addmm(y.reshape(-1, y.shape[-1]), low, b.T, alpha=scale).view_as(y)
+    if module.fast_chunk_tokens is None:  # one pair per row
+        return torch.baddbmm(y, x @ a.mT, b.mT, alpha=scale)
+    # one pair per document, tokens routed in chunks
+    return ChunkedLowRank.apply(y, x, a, b, scale, module.fast_chunk_tokens, module.fast_chunk_document)
 
 
 class FastWeightSlotsMixin:

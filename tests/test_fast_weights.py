@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from benchmarks.memory import peak_memory_growth
 from focusft.fast_weights import FastLoRALinear, FastWeightConfig, attach_fast_weight_slots
 from focusft.tiny import seeded_tiny_qwen2_5
 
@@ -98,3 +99,45 @@ def test_fast_lora_linear_computes_the_adapted_projection():
 def test_bad_fast_weight_config_is_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FastWeightConfig(**kwargs)
+
+
+def _routed_slots(routing: str, g: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Fast-weight slots of one routing for ``x [2, 6, 8]``, and the per-token ``A``/``B`` index ``[2, 6]``."""
+    shape = {"every token": (), "per row": (2,), "per document": (3,)}[routing]
+    slots = {"fast_a": torch.randn(*shape, 3, 8, generator=g), "fast_b": torch.randn(*shape, 256, 3, generator=g)}
+    if routing == "every token":
+        return slots, torch.full((2, 6), -1)
+    if routing == "per row":
+        return slots, torch.arange(2)[:, None].expand(2, 6)
+    # documents 0 = row 0, 1 = row 1 [0, 2), 2 = row 1 [2, 6); chunks of 4 padded with N = 12
+    slots["fast_chunk_tokens"] = torch.tensor([[0, 1, 2, 3], [4, 5, 12, 12], [6, 7, 12, 12], [8, 9, 10, 11]])
+    slots["fast_chunk_document"] = torch.tensor([0, 0, 1, 2])
+    return slots, torch.tensor([[0] * 6, [1, 1, 2, 2, 2, 2]])
+
+
+@pytest.mark.parametrize("routing", ["every token", "per row", "per document"])
+def test_adapted_projection_values_gradients_and_memory_per_routing(routing):
+    """``W x + b + scale · B A x`` token by token with the token's own pair; one fused add, no wide temporaries."""
+    g = torch.Generator().manual_seed(0)
+    module = FastLoRALinear.from_linear(torch.nn.Linear(8, 256, bias=True), scale=0.5)
+    slots, pair = _routed_slots(routing, g)
+    x = torch.randn(2, 6, 8, generator=g, requires_grad=True)
+    got = functional_call(module, slots, (x,), strict=False)
+    rows = []
+    for row, t in ((row, t) for row in range(2) for t in range(6)):
+        index = () if routing == "every token" else (int(pair[row, t]),)
+        a, b = slots["fast_a"][index], slots["fast_b"][index]
+        rows.append(module.weight @ x[row, t] + module.bias + 0.5 * (b @ (a @ x[row, t])))
+    expected = torch.stack(rows).view(2, 6, 256)
+    torch.testing.assert_close(got, expected)
+    upstream = torch.randn(got.shape, generator=g)
+    torch.testing.assert_close(torch.autograd.grad(got, x, upstream), torch.autograd.grad(expected, x, upstream))
+
+    with torch.no_grad():
+        plain = peak_memory_growth(lambda: module(x), torch.device("cpu"))
+        adapted = peak_memory_growth(lambda: functional_call(module, slots, (x,), strict=False), torch.device("cpu"))
+    output = got.numel() * got.element_size()
+    # documents: also the padded chunks' product, [chunks, chunk tokens, out], before it is added in
+    chunks = slots["fast_chunk_tokens"].numel() * 256 * got.element_size() if routing == "per document" else 0
+    assert plain >= output
+    assert adapted - plain <= output + chunks + 1024, (adapted, plain, output)
