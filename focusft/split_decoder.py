@@ -1,13 +1,15 @@
-"""A torchtune decoder run in two stages around its first adapted layer.
+"""A torchtune decoder run in two stages around its first fast weight.
 
-Layers below the first fast-weight layer compute the same output in every inner
-step and in the outer pass, so :class:`SplitDecoder` computes that *trunk* once per
-micro-batch and runs only the *head* (adapted layers, final norm, output) K+1 times.
+Everything below the first fast weight computes the same output in every inner step and
+in the outer pass: the layers below the first adapted layer and that layer's attention
+sub-block (fast weights sit in the FFN projections only). :class:`SplitDecoder` computes
+that *trunk* once per micro-batch and runs only the *head* (the first adapted layer's
+FFN, the other adapted layers, final norm, output) K+1 times.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -21,6 +23,47 @@ from focusft.masks import AttentionMask
 from focusft.row_block_attention import install_row_block_attention
 
 IGNORE_INDEX = -100
+LayerPart = Literal["attention", "ffn"]
+
+
+class LayerPartsMixin:
+    """A ``TransformerSelfAttentionLayer`` that can also run one of its two sub-blocks alone.
+
+    ``part="attention"``: ``x + attn(sa_norm(x))``; ``part="ffn"``: ``h + mlp(mlp_norm(h))``
+    (each with torchtune's ``sa_scale`` / ``mlp_scale``); one after the other they are the
+    layer's forward. The part is a ``forward`` argument so that FSDP2's unshard hooks,
+    ``functional_call`` and ``torch.compile`` see an ordinary call of the layer.
+    """
+
+    def forward(self, x: torch.Tensor, *, part: LayerPart | None = None, **kwargs: Any) -> torch.Tensor:
+        if part is None:
+            return super().forward(x, **kwargs)
+        if part == "attention":
+            h = self.sa_norm(x)
+            return self.sa_scale(self.attn(h, h, mask=kwargs.get("mask"), input_pos=kwargs.get("input_pos"))) + x
+        if part == "ffn":
+            return x + self.mlp_scale(self.mlp(self.mlp_norm(x)))
+        raise ValueError(f"Unknown layer part {part!r}; expected 'attention' or 'ffn'.")
+
+
+_PARTED_CLASSES: dict[type, type] = {}
+
+
+def add_layer_parts(layer: nn.Module) -> nn.Module:
+    """Let ``layer`` (a ``TransformerSelfAttentionLayer``, in place) run a sub-block alone (:class:`LayerPartsMixin`).
+
+    The layer switches to a subclass, so parameters keep their objects and names (FSDP,
+    optimizer, checkpoints). Raises TypeError for any other layer type.
+    """
+    if isinstance(layer, LayerPartsMixin):
+        return layer
+    if not isinstance(layer, TransformerSelfAttentionLayer):
+        raise TypeError(f"FocuSFT splits a TransformerSelfAttentionLayer at its FFN; got {type(layer).__name__}.")
+    cls = type(layer)
+    if cls not in _PARTED_CLASSES:
+        _PARTED_CLASSES[cls] = type(f"{cls.__name__}WithParts", (LayerPartsMixin, cls), {"__module__": __name__})
+    layer.__class__ = _PARTED_CLASSES[cls]
+    return layer
 
 
 class SplitDecoder(nn.Module):
@@ -56,6 +99,7 @@ class SplitDecoder(nn.Module):
         install_row_block_attention(decoder)
         self.decoder = decoder
         self.split = slots.first_layer
+        add_layer_parts(decoder.layers[self.split])
         self.activation_checkpointing = activation_checkpointing
         self.inner_checkpointing = inner_checkpointing
         self.offload = offload
@@ -74,11 +118,11 @@ class SplitDecoder(nn.Module):
             return run(*args, **kwargs)
 
     def _trunk(self, tokens: torch.Tensor, *, mask: AttentionMask, input_pos: torch.Tensor) -> torch.Tensor:
-        """Embeddings and the layers without fast weights: ``[b, s] -> [b, s, d]``."""
+        """Embeddings, layers without fast weights, the first adapted layer's attention: ``[b, s] -> [b, s, d]``."""
         h = self.decoder.tok_embeddings(tokens)
         for layer in self.decoder.layers[: self.split]:
             h = self._run_layer(layer, h, mask, input_pos, None)
-        return h
+        return self._run_layer(self.decoder.layers[self.split], h, mask, input_pos, None, part="attention")
 
     def _head(
         self,
@@ -89,11 +133,12 @@ class SplitDecoder(nn.Module):
         labels: torch.Tensor,
         fast_weights: dict[int, FastWeights] | None = None,
     ) -> torch.Tensor:
-        """Adapted layers, then the cross-entropy of each response token (:func:`response_token_losses`)."""
+        """The first adapted layer's FFN, the other adapted layers, then each response token's cross-entropy."""
         h = hidden
         for index in range(self.split, len(self.decoder.layers)):
             fast = fast_weights[index] if fast_weights is not None else None
-            h = self._run_layer(self.decoder.layers[index], h, mask, input_pos, fast)
+            part = "ffn" if index == self.split else None
+            h = self._run_layer(self.decoder.layers[index], h, mask, input_pos, fast, part)
         return response_token_losses(self.decoder, h, labels)
 
     def _run_layer(
@@ -103,9 +148,13 @@ class SplitDecoder(nn.Module):
         mask: AttentionMask,
         input_pos: torch.Tensor,
         fast: FastWeights | None,
+        part: LayerPart | None = None,
     ) -> torch.Tensor:
+        """One layer (or ``part`` of it, see :class:`LayerPartsMixin`), checkpointed as the pass asks."""
+        kwargs = {"mask": mask, "input_pos": input_pos} | ({"part": part} if part else {})
+
         def run(x: torch.Tensor) -> torch.Tensor:
-            return run_layer(layer, x, fast, mask=mask, input_pos=input_pos)
+            return run_layer(layer, x, fast, **kwargs)
 
         if fast is not None and any(t.requires_grad for t in fast.values()):
             return run_checkpointed(run, h, self.inner_checkpointing)

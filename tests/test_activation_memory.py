@@ -1,6 +1,7 @@
 """Selective checkpointing, activation offloading and the tiled FFN give the plain step's results, for less memory."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,9 +26,9 @@ INNER = InnerLoopConfig(steps=2, lr=1.0, grad_clip=0.05)
 ROWS = {"chunks": [[30, 12, 9]], "rows": [[20], [13]], "shared": [[41]]}
 
 
-def build(activation_checkpointing=True, inner_checkpointing="none", offload=None, tile=None):
+def build(activation_checkpointing=True, inner_checkpointing="none", offload=None, tile=None, fast_cfg=FAST):
     decoder = seeded_tiny_qwen2_5(0)
-    slots = attach_fast_weight_slots(decoder, FAST)
+    slots = attach_fast_weight_slots(decoder, fast_cfg)
     apply_tiled_ffn(decoder, tile)
     return SplitDecoder(decoder, slots, activation_checkpointing, inner_checkpointing, offload), slots
 
@@ -86,7 +87,10 @@ def test_checkpointed_inner_passes_give_the_plain_step(mode):
 
 
 def test_selective_checkpointing_keeps_less_than_the_plain_inner_pass():
-    """Peak memory of the inner passes: selective below none, full below selective (the attention outputs kept)."""
+    """Peak memory of the inner passes: selective below none, full below selective (the attention outputs kept).
+
+    Three adapted layers: the first one's attention is in the trunk, the two above keep theirs.
+    """
     generator = torch.Generator().manual_seed(0)
     layout = documents_layout([[256]], 256, generator)
     tokens = torch.randint(0, 500, layout.shape, generator=generator)
@@ -94,7 +98,7 @@ def test_selective_checkpointing_keeps_less_than_the_plain_inner_pass():
     mask, pos = dense_mask(layout, "bidir_context"), document_positions(layout.doc)
     peaks = {}
     for mode in ("none", "selective", "full"):
-        model, slots = build(inner_checkpointing=mode)
+        model, slots = build(inner_checkpointing=mode, fast_cfg=replace(FAST, layer_fraction=0.75))
         hidden = model("trunk", tokens, mask=mask, input_pos=pos).detach()
         fast = {layer: {n: t[0].requires_grad_() for n, t in ws.items()} for layer, ws in slots.init([0]).items()}
         leaves = [t for ws in fast.values() for t in ws.values()]

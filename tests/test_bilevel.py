@@ -13,7 +13,7 @@ from focusft.bilevel import InnerLoopConfig, bilevel_step
 from focusft.documents import Documents
 from focusft.fast_weights import FFN_PROJECTIONS, FastWeightConfig, attach_fast_weight_slots
 from focusft.masks import TokenLayout, dense_mask, document_positions
-from focusft.split_decoder import SplitDecoder
+from focusft.split_decoder import SplitDecoder, add_layer_parts
 from focusft.tiny import seeded_tiny_qwen2_5
 from tests.layouts import IGNORE_INDEX, brute_force_documents, documents_layout, random_batch, shifted_labels
 from tests.tolerances import fp32_sum_error
@@ -228,14 +228,18 @@ def test_micro_batch_without_response_tokens_keeps_initial_fast_weights():
     assert result.delta_norms.item() == 0 and result.skipped_updates.item() == 0
 
 
-def test_trunk_layers_run_once_per_micro_batch():
+def test_trunk_runs_once_per_micro_batch():
+    """Everything below the first fast weight (layers 0-1 and layer 2's attention) runs once; the rest K+1 times."""
     _, model, slots = build(fast_cfg=FastWeightConfig(layer_fraction=0.5))
-    calls = {i: 0 for i in range(len(model.decoder.layers))}
+    calls = {}
     for i, layer in enumerate(model.decoder.layers):
-        layer.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        for name, module in (("attn", layer.attn), ("mlp", layer.mlp)):
+            calls[i, name] = 0
+            module.register_forward_hook(lambda *_, key=(i, name): calls.__setitem__(key, calls[key] + 1))
     batch = inputs()
     step(model, slots, batch, inner=InnerLoopConfig(steps=2), initial_fast_weights=slots.init([0]))
-    assert calls == {0: 1, 1: 1, 2: 3, 3: 3}
+    once = {(i, name): 1 for i in (0, 1) for name in ("attn", "mlp")} | {(2, "attn"): 1}
+    assert calls == once | {(2, "mlp"): 3, (3, "attn"): 3, (3, "mlp"): 3}
 
 
 @pytest.mark.parametrize("kwargs", [{"steps": -1}, {"lr": float("nan")}, {"grad_clip": 0.0}])
@@ -389,3 +393,18 @@ def test_a_non_finite_document_loss_skips_only_that_documents_update(monkeypatch
             plain, document(fast, d), FAST, InnerLoopConfig(steps=steps), t, lab, m, p
         )
         assert_document_matches_reference(result, d, ref_losses, adapted, steps=steps)
+
+
+def test_a_layers_attention_then_ffn_part_is_the_layer():
+    """The two parts the split runs separately compose to torchtune's layer forward, exactly."""
+    decoder = seeded_tiny_qwen2_5(0)
+    layer, x = decoder.layers[1], torch.randn(2, 12, decoder.tok_embeddings.embedding_dim)
+    whole = layer(x)
+    keys = list(layer.state_dict())
+    assert add_layer_parts(layer) is add_layer_parts(layer) and list(layer.state_dict()) == keys
+    torch.testing.assert_close(layer(layer(x, part="attention"), part="ffn"), whole, atol=0, rtol=0)
+    torch.testing.assert_close(layer(x), whole, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="layer part"):
+        layer(x, part="mlp")
+    with pytest.raises(TypeError, match="TransformerSelfAttentionLayer"):
+        add_layer_parts(torch.nn.Linear(2, 2))

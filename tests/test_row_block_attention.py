@@ -121,15 +121,16 @@ class KernelCalls(TorchDispatchMode):
 @pytest.mark.parametrize("inner_checkpointing", ["selective", "full", "none"])
 def test_selective_checkpointing_keeps_the_blocks_attention_outputs(inner_checkpointing, short_chunks):
     """Kernel calls of one step (4 layers, 2 adapted, K=2, 3 blocks of 16 rows): the inner passes'
-    selective checkpoint replays no attention kernel; full recomputes it once per adapted layer and pass.
+    selective checkpoint replays no attention kernel; full recomputes it once per attending layer and pass.
+    The first adapted layer's attention is in the trunk: inner passes attend in the other adapted layers.
     """
     blocks, trunk, adapted, k = 3, 2, 2, INNER.steps
     calls = KernelCalls()
     with calls:
         focus_step(lambda layout, m: RowBlockMask(layout, m, block=16), True, inner_checkpointing)
-    replayed = k * adapted if inner_checkpointing == "full" else 0
+    replayed = k * (adapted - 1) if inner_checkpointing == "full" else 0
     # trunk and outer head: forward, recomputed forward (full checkpoint); each inner pass: forward.
-    assert calls.forward == blocks * (2 * trunk + 2 * adapted + k * adapted + replayed)
+    assert calls.forward == blocks * (2 * trunk + 2 * adapted + k * (adapted - 1) + replayed)
     # The inner backward needs no attention gradient in the lowest adapted layer (fast weights are in its FFN).
     assert calls.backward == blocks * (trunk + adapted + k * (adapted - 1))
 

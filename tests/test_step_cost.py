@@ -72,7 +72,10 @@ def step_attention_calls(model, slots) -> int:
 
 
 def test_inner_passes_are_recomputed_only_as_asked():
-    """Selective checkpointing recomputes the rest of the layer but keeps the attention outputs."""
+    """Selective checkpointing recomputes the rest of the layer but keeps the attention outputs.
+
+    The first adapted layer's attention runs in the trunk, once: an inner pass attends in the others only.
+    """
     plain = build()
     assert step_flops(*build(activation_checkpointing=True)) == step_flops(*plain)
     selective = build(activation_checkpointing=True, inner_checkpointing="selective")
@@ -80,7 +83,7 @@ def test_inner_passes_are_recomputed_only_as_asked():
     assert step_flops(*plain) < step_flops(*selective)
     layers, steps = 2, 2  # adapted layers of the 4-layer model at fraction 0.5, inner steps
     assert step_attention_calls(*selective) == step_attention_calls(*plain)
-    assert step_attention_calls(*full) == step_attention_calls(*plain) + layers * steps
+    assert step_attention_calls(*full) == step_attention_calls(*plain) + (layers - 1) * steps
 
 
 @pytest.mark.parametrize(("activation_checkpointing", "inner_checkpointing"), [(False, "full"), (True, "selective")])
