@@ -145,15 +145,16 @@ def bilevel_step(
     response_document = documents.token_document[labels != IGNORE_INDEX]
     local_tokens = torch.bincount(response_document, minlength=documents.count)
     document_tokens = documents.total(local_tokens)
-    trunk = model("trunk", tokens, mask=mask, input_pos=input_pos)
-    head = dict(mask=mask, input_pos=input_pos, labels=labels)
+    inner_loop = inner is not None and inner.steps > 0
+    trunk = model("trunk", tokens, mask=mask, input_pos=input_pos, parted=inner_loop)
+    head = dict(mask=mask, input_pos=input_pos, labels=labels, parted=inner_loop)
 
     def document_means(token_losses: torch.Tensor) -> torch.Tensor:
         """This rank's share of each document's mean loss (the whole mean without SP)."""
         sums = token_losses.new_zeros(documents.count).index_add_(0, response_document, token_losses)
         return sums / document_tokens.clamp(min=1)
 
-    if inner is None or inner.steps == 0:
+    if not inner_loop:
         token_losses = model("head", trunk, **head)
         means = documents.total(document_means(token_losses.detach()))
         skipped = torch.zeros((), dtype=torch.long, device=tokens.device)

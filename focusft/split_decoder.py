@@ -117,11 +117,20 @@ class SplitDecoder(nn.Module):
         with self.offload.inner() if inner_pass else self.offload.outer():
             return run(*args, **kwargs)
 
-    def _trunk(self, tokens: torch.Tensor, *, mask: AttentionMask, input_pos: torch.Tensor) -> torch.Tensor:
-        """Embeddings, layers without fast weights, the first adapted layer's attention: ``[b, s] -> [b, s, d]``."""
+    def _trunk(
+        self, tokens: torch.Tensor, *, mask: AttentionMask, input_pos: torch.Tensor, parted: bool = True
+    ) -> torch.Tensor:
+        """Embeddings, layers without fast weights, the first adapted layer's attention: ``[b, s] -> [b, s, d]``.
+
+        ``parted=False`` stops before the first adapted layer (its head runs it whole): for a
+        micro-batch without inner steps, where the head runs once and parting it would only
+        make checkpointing keep one more ``[b, s, d]`` tensor.
+        """
         h = self.decoder.tok_embeddings(tokens)
         for layer in self.decoder.layers[: self.split]:
             h = self._run_layer(layer, h, mask, input_pos, None)
+        if not parted:
+            return h
         return self._run_layer(self.decoder.layers[self.split], h, mask, input_pos, None, part="attention")
 
     def _head(
@@ -132,12 +141,13 @@ class SplitDecoder(nn.Module):
         input_pos: torch.Tensor,
         labels: torch.Tensor,
         fast_weights: dict[int, FastWeights] | None = None,
+        parted: bool = True,
     ) -> torch.Tensor:
-        """The first adapted layer's FFN, the other adapted layers, then each response token's cross-entropy."""
+        """The first adapted layer's FFN (whole layer unless ``parted``), the others, each response token's loss."""
         h = hidden
         for index in range(self.split, len(self.decoder.layers)):
             fast = fast_weights[index] if fast_weights is not None else None
-            part = "ffn" if index == self.split else None
+            part = "ffn" if parted and index == self.split else None
             h = self._run_layer(self.decoder.layers[index], h, mask, input_pos, fast, part)
         return response_token_losses(self.decoder, h, labels)
 
