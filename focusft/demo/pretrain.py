@@ -23,8 +23,11 @@ It holds no question about a person's place (the demo's task) and no fact twice.
 The loss is on every token. Every ``--measure-every`` steps the sink mass (share of the answer
 tokens' attention on key positions [0:5], mean over layers and heads: ``focusft-attention``'s
 figure, causal mask) is measured on held-out demo eval conversations and logged, so one run
-shows how the sink grows. The result is an HF-format checkpoint directory like
-``python -m focusft.tiny`` writes (same tokenizer), plus ``pretrain_log.jsonl``.
+shows how the sink grows; so is the sink mass on ``--measure-rows`` held-out rows of the
+pre-training text itself (fresh rows from the same generator and bigram language, queries at
+positions >= ``--text-query-from``), and for both the largest of any single head. The result
+is an HF-format checkpoint directory like ``python -m focusft.tiny`` writes (same tokenizer),
+plus ``pretrain_log.jsonl``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from focusft.analysis.segments import SINK_TOKENS
 from focusft.tiny import TinyQwenConfig, seeded_tiny_qwen2_5, write_model_files, write_tiny_tokenizer
 
 SYSTEM_PREFIX = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -128,11 +132,18 @@ class Corpus:
     """
 
     def __init__(
-        self, tokenizer_file: Path, length: int, seed: int, text: str = "mixed", chain_share: float = 0.5
+        self,
+        tokenizer_file: Path,
+        length: int,
+        seed: int,
+        text: str = "mixed",
+        chain_share: float = 0.5,
+        rows_seed: int | str | None = None,
     ) -> None:
+        """``seed`` fixes the bigram language and, unless ``rows_seed`` is given, the rows drawn from it."""
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.length = length
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed if rows_seed is None else rows_seed)
         self.high_entropy = text != "grammar"
         ordinary = sorted(self.tokenizer.get_vocab(with_added_tokens=False).values())
         self.chain = BigramBackcopy(ordinary, seed) if text == "backcopy" else None
@@ -191,6 +202,45 @@ def sink_mass(model: torch.nn.Module, samples: list) -> tuple[float, list[float]
     return mean(layers), layers
 
 
+def head_sink_mass(model: torch.nn.Module, tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """``[layers, heads]``: share of the attention of ``queries`` (positions in ``tokens: [s]``) on keys [0:5].
+
+    Causal mask, mean over the queries; probabilities recomputed from each layer's input as
+    :mod:`focusft.analysis.probabilities` does.
+    """
+    from focusft.analysis.probabilities import queries_and_keys
+
+    shares = []
+    causal = torch.arange(tokens.shape[0])[None, :] <= queries[:, None]
+
+    def hook(attn: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        q, k = queries_and_keys(attn, args[0], kwargs.get("input_pos"))
+        scores = torch.einsum("hqd,hkd->hqk", q[:, queries].float(), k.float()) * q.shape[-1] ** -0.5
+        probs = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        shares.append(probs[..., :SINK_TOKENS].sum(dim=-1).mean(dim=-1))
+
+    handles = [layer.attn.register_forward_pre_hook(hook, with_kwargs=True) for layer in model.layers]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(tokens[None])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return torch.stack(shares)
+
+
+def per_head_record(prefix: str, per_head: torch.Tensor) -> dict:
+    """The log's fields for a ``[layers, heads]`` sink mass: mean, largest head and every head."""
+    return {
+        f"{prefix}sink_mass_mean_heads": per_head.mean().item(),
+        f"{prefix}sink_mass_max_head": per_head.max().item(),
+        f"{prefix}sink_mass_per_head": [[round(v, 5) for v in layer] for layer in per_head.tolist()],
+    }
+
+
 def pretrain(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     out: Path = args.out_dir
@@ -201,6 +251,11 @@ def pretrain(args: argparse.Namespace) -> Path:
     write_tiny_tokenizer(out, config.vocab_size)
     corpus = Corpus(out / "tokenizer.json", args.seq_len, args.seed, args.text, args.chain_share)
     samples = held_out_samples(out, args.measure_samples, args.measure_tokens)
+    held_out = Corpus(
+        out / "tokenizer.json", args.seq_len, args.seed, args.text, args.chain_share, rows_seed=f"held-out|{args.seed}"
+    )
+    text_rows = held_out.batch(args.measure_rows)[:, : args.seq_len]
+    text_queries = torch.arange(args.text_query_from, args.seq_len)
     model = seeded_tiny_qwen2_5(args.seed, **asdict(config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
     warmup = max(1, args.steps // 20)
@@ -224,6 +279,13 @@ def pretrain(args: argparse.Namespace) -> Path:
                 "loss": mean(losses) if losses else None,
                 "sink_mass": mass,
                 "sink_mass_per_layer": layers,
+                **per_head_record(
+                    "",
+                    torch.stack([head_sink_mass(model, s.tokens, s.response.nonzero()[:, 0]) for s in samples]).mean(0),
+                ),
+                **per_head_record(
+                    "text_", torch.stack([head_sink_mass(model, row, text_queries) for row in text_rows]).mean(0)
+                ),
                 "seconds": round(time.time() - start, 1),
             }
             log.write(json.dumps(record) + "\n")
@@ -274,6 +336,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--measure-every", type=int, default=250)
     parser.add_argument("--measure-samples", type=int, default=4)
     parser.add_argument("--measure-tokens", type=int, default=256)
+    parser.add_argument("--measure-rows", type=int, default=8, help="held-out pre-training rows to measure on")
+    parser.add_argument(
+        "--text-query-from", type=int, default=32, help="pre-training rows: measure queries at positions >= this"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

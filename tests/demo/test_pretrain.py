@@ -16,11 +16,12 @@ from focusft.demo.pretrain import (
     BigramBackcopy,
     Corpus,
     StoryWriter,
+    head_sink_mass,
     held_out_samples,
     main,
 )
 from focusft.eval.checkpoint import read_checkpoint
-from focusft.tiny import write_tiny_tokenizer
+from focusft.tiny import tiny_qwen2_5, write_tiny_tokenizer
 
 
 def test_back_references_copy_the_place_the_person_last_went_to():
@@ -61,6 +62,12 @@ def test_a_short_run_writes_a_loadable_base_and_its_sink_log(tmp_path):
     assert [r["step"] for r in records[1:]] == [0, 1, 2]
     for record in records[1:]:
         assert 0 < record["sink_mass"] < 1 and len(record["sink_mass_per_layer"]) == 4
+        # Per head, on the demo conversations and on held-out pre-training rows: 4 layers x 4 heads.
+        assert record["sink_mass_mean_heads"] == pytest.approx(record["sink_mass"], rel=1e-5)
+        for prefix in ("", "text_"):
+            heads = record[f"{prefix}sink_mass_per_head"]
+            assert len(heads) == 4 and all(len(layer) == 4 for layer in heads)
+            assert 0 < record[f"{prefix}sink_mass_mean_heads"] <= record[f"{prefix}sink_mass_max_head"] < 1
     assert read_checkpoint(out).num_layers == 4
     assert not shipped_base.missing_files(out)
 
@@ -73,6 +80,32 @@ def test_the_shipped_base_is_complete_and_installs(tmp_path):
     missing = "FocuSFT demo error: the shipped base .* lacks config.json, model.safetensors"
     with pytest.raises(FileNotFoundError, match=missing):
         shipped_base.install(tmp_path / "again", base=tmp_path / "nowhere")
+
+
+def test_held_out_rows_share_the_bigram_language_but_not_the_rows(tmp_path):
+    write_tiny_tokenizer(tmp_path)
+    train = Corpus(tmp_path / "tokenizer.json", 128, seed=0, text="backcopy", chain_share=1.0)
+    held_out = Corpus(tmp_path / "tokenizer.json", 128, seed=0, text="backcopy", chain_share=1.0, rows_seed="other")
+    assert held_out.chain.next == train.chain.next and held_out.chain.triggers == train.chain.triggers
+    assert not torch.equal(held_out.batch(4), train.batch(4))
+
+
+def test_head_sink_mass_is_the_share_of_attention_on_the_first_five_keys():
+    torch.manual_seed(0)
+    model = tiny_qwen2_5(num_layers=2, embed_dim=32, intermediate_dim=64, num_heads=4, num_kv_heads=2).eval()
+    tokens = torch.randint(0, 1000, (40,))
+    queries = torch.arange(10, 40)
+    per_head = head_sink_mass(model, tokens, queries)
+    assert per_head.shape == (2, 4)
+    # Reference: layer 0's probabilities from the softmax of its own q·k with the causal mask.
+    from focusft.analysis.probabilities import queries_and_keys
+
+    x = model.layers[0].sa_norm(model.tok_embeddings(tokens[None]))
+    q, k = queries_and_keys(model.layers[0].attn, x, None)
+    scores = (q @ k.transpose(1, 2)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~torch.ones(40, 40, dtype=torch.bool).tril(), float("-inf"))
+    expected = scores.softmax(dim=-1)[:, queries, :5].sum(dim=-1).mean(dim=-1)
+    assert per_head[0].tolist() == pytest.approx(expected.tolist(), rel=1e-4)
 
 
 def test_back_copy_triggers_repeat_the_token_before_them():
