@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from focusft.analysis.probabilities import queries_and_keys
 from focusft.analysis.segments import SINK_TOKENS
 from focusft.tiny import TinyQwenConfig, seeded_tiny_qwen2_5, write_model_files, write_tiny_tokenizer
 
@@ -208,8 +209,6 @@ def head_sink_mass(model: torch.nn.Module, tokens: torch.Tensor, queries: torch.
     Causal mask, mean over the queries; probabilities recomputed from each layer's input as
     :mod:`focusft.analysis.probabilities` does.
     """
-    from focusft.analysis.probabilities import queries_and_keys
-
     shares = []
     causal = torch.arange(tokens.shape[0])[None, :] <= queries[:, None]
 
