@@ -28,7 +28,7 @@ import torch
 from focusft.documents import Documents
 from focusft.fast_weights import FastWeights, FastWeightSlots
 from focusft.masks import AttentionMask
-from focusft.split_decoder import IGNORE_INDEX, SplitDecoder
+from focusft.split_decoder import IGNORE_INDEX, SplitDecoder, response_positions
 
 CLIP_EPS = 1e-12
 
@@ -166,20 +166,28 @@ def bilevel_step(
     if (count := next(iter(next(iter(initial.values())).values())).shape[0]) != documents.count:
         raise ValueError(f"initial_fast_weights hold {count} document(s); the micro-batch has {documents.count}.")
 
+    responses = documents.at_positions(response_positions(labels))
+
+    def slot_values(fast: dict[int, FastWeights]) -> dict[int, FastWeights]:
+        """Each head layer's slot values; the last layer's routed for the response tokens it runs on."""
+        values = dict(documents.slot_values(fast))
+        values[model.last] = responses.slot_values(fast)[model.last]
+        return values
+
     fast = initial
     inner_input = trunk.detach()
     losses = []
     skipped = torch.zeros((), dtype=torch.long, device=tokens.device)
     for _ in range(inner.steps):
         leaves, flat = fast_weight_leaves(fast)
-        shares = document_means(model("head", inner_input, fast_weights=documents.slot_values(leaves), **head))
+        shares = document_means(model("head", inner_input, fast_weights=slot_values(leaves), **head))
         grads = [documents.total(g) for g in torch.autograd.grad(shares.sum(), flat)]
         means = documents.total(shares.detach())
         losses.append(means)
         fast, applied = inner_sgd_update(leaves, grads, means, inner)
         skipped += (~applied).sum()
 
-    token_losses = model("head", trunk, fast_weights=documents.slot_values(fast), **head)
+    token_losses = model("head", trunk, fast_weights=slot_values(fast), **head)
     losses.append(documents.total(document_means(token_losses.detach())))
     squares = sum(
         torch.linalg.vector_norm((fast[layer][name] - initial[layer][name]).flatten(1), dim=1) ** 2

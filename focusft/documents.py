@@ -123,6 +123,26 @@ class Documents:
         }
         return replace(self, **move)
 
+    def at_positions(self, positions: torch.Tensor) -> Documents:
+        """The tokens at ``positions`` (``[N]`` flat row-major positions of the ``[b, s]`` shard) as one row ``[1, N]``.
+
+        Routes the fast weights of a layer run on those tokens alone: the last layer, on the
+        response positions (:class:`focusft.split_decoder.SplitDecoder`). Rows and packed
+        documents become chunks, made on the host (one device sync per micro-batch).
+        """
+        token_document = self.token_document.flatten()[positions].unsqueeze(0)
+        if self.routing == "shared":
+            return replace(self, token_document=token_document)
+        chunk_tokens, chunk_document = _chunks(token_document.cpu(), self.count)
+        device = token_document.device
+        return replace(
+            self,
+            token_document=token_document,
+            routing="chunks",
+            chunk_tokens=chunk_tokens.to(device),
+            chunk_document=chunk_document.to(device),
+        )
+
     def slot_values(self, fast: dict[int, FastWeights]) -> dict[int, FastWeights]:
         """What to fill into each layer's fast-weight slots for stacked fast weights ``[D, ...]``."""
         if self.routing == "shared":

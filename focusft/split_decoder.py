@@ -5,6 +5,10 @@ in the outer pass: the layers below the first adapted layer and that layer's att
 sub-block (fast weights sit in the FFN projections only). :class:`SplitDecoder` computes
 that *trunk* once per micro-batch and runs only the *head* (the first adapted layer's
 FFN, the other adapted layers, final norm, output) K+1 times.
+
+Only the response positions' outputs of the last layer reach the loss, so its FFN runs
+on those positions alone (its attention still runs on every position: the keys and
+values of the context are needed).
 """
 
 from __future__ import annotations
@@ -27,32 +31,50 @@ LayerPart = Literal["attention", "ffn"]
 
 
 class LayerPartsMixin:
-    """A ``TransformerSelfAttentionLayer`` that can also run one of its two sub-blocks alone.
+    """A ``TransformerSelfAttentionLayer`` that can run one of its sub-blocks alone, or keep some positions only.
 
     ``part="attention"``: ``x + attn(sa_norm(x))``; ``part="ffn"``: ``h + mlp(mlp_norm(h))``
     (each with torchtune's ``sa_scale`` / ``mlp_scale``); one after the other they are the
-    layer's forward. The part is a ``forward`` argument so that FSDP2's unshard hooks,
-    ``functional_call`` and ``torch.compile`` see an ordinary call of the layer.
+    layer's forward. ``outputs_at`` (``[N]`` flat row-major positions of ``x``'s ``[b, s]``)
+    runs the FFN on those positions only and returns ``[1, N, d]``: the FFN and the residual
+    are per position, so each kept row equals the whole layer's. Both are ``forward``
+    arguments so that FSDP2's unshard hooks, ``functional_call`` and ``torch.compile`` see an
+    ordinary call of the layer.
     """
 
-    def forward(self, x: torch.Tensor, *, part: LayerPart | None = None, **kwargs: Any) -> torch.Tensor:
-        if part is None:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        part: LayerPart | None = None,
+        outputs_at: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if part not in (None, "attention", "ffn"):
+            raise ValueError(f"Unknown layer part {part!r}; expected 'attention' or 'ffn'.")
+        if part is None and outputs_at is None:
             return super().forward(x, **kwargs)
+        if part == "attention" and outputs_at is not None:
+            raise ValueError("outputs_at selects the FFN's positions; part='attention' runs no FFN.")
+        h = x if part == "ffn" else self._attention_block(x, kwargs.get("mask"), kwargs.get("input_pos"))
         if part == "attention":
-            h = self.sa_norm(x)
-            return self.sa_scale(self.attn(h, h, mask=kwargs.get("mask"), input_pos=kwargs.get("input_pos"))) + x
-        if part == "ffn":
-            return x + self.mlp_scale(self.mlp(self.mlp_norm(x)))
-        raise ValueError(f"Unknown layer part {part!r}; expected 'attention' or 'ffn'.")
+            return h
+        if outputs_at is not None:
+            h = h.flatten(0, 1).index_select(0, outputs_at).unsqueeze(0)
+        return h + self.mlp_scale(self.mlp(self.mlp_norm(h)))
+
+    def _attention_block(self, x: torch.Tensor, mask: Any, input_pos: torch.Tensor | None) -> torch.Tensor:
+        h = self.sa_norm(x)
+        return self.sa_scale(self.attn(h, h, mask=mask, input_pos=input_pos)) + x
 
 
 _PARTED_CLASSES: dict[type, type] = {}
 
 
 def add_layer_parts(layer: nn.Module) -> nn.Module:
-    """Let ``layer`` (a ``TransformerSelfAttentionLayer``, in place) run a sub-block alone (:class:`LayerPartsMixin`).
+    """Let ``layer`` (a ``TransformerSelfAttentionLayer``, in place) run a sub-block alone or keep some positions.
 
-    The layer switches to a subclass, so parameters keep their objects and names (FSDP,
+    See :class:`LayerPartsMixin`. The layer switches to a subclass, so parameters keep their objects and names (FSDP,
     optimizer, checkpoints). Raises TypeError for any other layer type.
     """
     if isinstance(layer, LayerPartsMixin):
@@ -99,7 +121,9 @@ class SplitDecoder(nn.Module):
         install_row_block_attention(decoder)
         self.decoder = decoder
         self.split = slots.first_layer
+        self.last = len(decoder.layers) - 1
         add_layer_parts(decoder.layers[self.split])
+        add_layer_parts(decoder.layers[self.last])
         self.activation_checkpointing = activation_checkpointing
         self.inner_checkpointing = inner_checkpointing
         self.offload = offload
@@ -143,13 +167,20 @@ class SplitDecoder(nn.Module):
         fast_weights: dict[int, FastWeights] | None = None,
         parted: bool = True,
     ) -> torch.Tensor:
-        """The first adapted layer's FFN (whole layer unless ``parted``), the others, each response token's loss."""
+        """The first adapted layer's FFN (whole layer unless ``parted``), the others, each response token's loss.
+
+        The last layer's FFN runs on the response positions only; its fast weights (in
+        ``fast_weights``) must be routed for those ``N`` tokens as one row ``[1, N]``
+        (:meth:`focusft.documents.Documents.at_positions`).
+        """
+        positions = response_positions(labels)
         h = hidden
         for index in range(self.split, len(self.decoder.layers)):
             fast = fast_weights[index] if fast_weights is not None else None
             part = "ffn" if parted and index == self.split else None
-            h = self._run_layer(self.decoder.layers[index], h, mask, input_pos, fast, part)
-        return response_token_losses(self.decoder, h, labels)
+            outputs_at = positions if index == self.last else None
+            h = self._run_layer(self.decoder.layers[index], h, mask, input_pos, fast, part, outputs_at)
+        return response_token_losses(self.decoder, h[0], labels.flatten()[positions])
 
     def _run_layer(
         self,
@@ -159,9 +190,11 @@ class SplitDecoder(nn.Module):
         input_pos: torch.Tensor,
         fast: FastWeights | None,
         part: LayerPart | None = None,
+        outputs_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One layer (or ``part`` of it, see :class:`LayerPartsMixin`), checkpointed as the pass asks."""
-        kwargs = {"mask": mask, "input_pos": input_pos} | ({"part": part} if part else {})
+        """One layer, ``part`` of it or its ``outputs_at`` (:class:`LayerPartsMixin`), checkpointed as the pass asks."""
+        kwargs = {"mask": mask, "input_pos": input_pos}
+        kwargs |= ({"part": part} if part else {}) | ({"outputs_at": outputs_at} if outputs_at is not None else {})
 
         def run(x: torch.Tensor) -> torch.Tensor:
             return run_layer(layer, x, fast, **kwargs)
@@ -176,15 +209,19 @@ def _requires_grad(fast_weights: dict[int, FastWeights]) -> bool:
     return any(t.requires_grad for ws in fast_weights.values() for t in ws.values())
 
 
-def response_token_losses(decoder: TransformerDecoder, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """fp32 next-token cross-entropy of each position with a label, in row-major order.
+def response_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``[N]`` flat (row-major) positions of ``labels [b, s]`` that carry a label."""
+    return (labels.flatten() != IGNORE_INDEX).nonzero().squeeze(1)
+
+
+def response_token_losses(decoder: TransformerDecoder, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """fp32 next-token cross-entropy of each response position: ``hidden [N, d]``, ``targets [N]`` -> ``[N]``.
 
     Only those positions go through the final norm and the output projection: with a
     150K vocabulary, context positions' logits would be most of the head's cost. Their
     logits are made chunk by chunk (:func:`focusft.loss.token_cross_entropy`).
     """
-    selected = labels != IGNORE_INDEX
-    return token_cross_entropy(decoder.norm, decoder.output, hidden[selected], labels[selected])
+    return token_cross_entropy(decoder.norm, decoder.output, hidden, targets)
 
 
 def shard_split_decoder(model: SplitDecoder, *, reshard_after_forward: bool = True, cpu_offload: bool = False) -> None:

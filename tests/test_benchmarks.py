@@ -99,10 +99,13 @@ def test_untiled_rows_run_the_plain_ffn_and_tiled_rows_the_tiles():
         activation_checkpointing=True,
         dtype=torch.float32,
     )
-    # (tile, positions, tiled) of each FFN call: the tiled rows call the FFN once per tile of 16 inside.
+    # (tile, positions, tiled) of each FFN call: the tiled rows call the FFN once per tile of 16 inside;
+    # the last layer's FFN runs on the response positions only (fewer than a tile).
+    responses = int((labels != IGNORE_INDEX).sum())
+    assert 0 < responses < 16
     expected = {
-        "FocuSFT": {(sys.maxsize, 64, True)},
-        "FocuSFT" + step_benchmark.TILED_SUFFIX: {(16, 64, True), (16, 16, False)},
+        "FocuSFT": {(sys.maxsize, 64, True), (sys.maxsize, responses, True)},
+        "FocuSFT" + step_benchmark.TILED_SUFFIX: {(16, 64, True), (16, 16, False), (16, responses, True)},
     }
     for variant, calls_seen in expected.items():
         calls.clear()

@@ -396,7 +396,7 @@ def test_a_non_finite_document_loss_skips_only_that_documents_update(monkeypatch
 
 
 def test_a_layers_attention_then_ffn_part_is_the_layer():
-    """The two parts the split runs separately compose to torchtune's layer forward, exactly."""
+    """The two parts the split runs separately compose to the layer, exactly; kept positions equal its rows."""
     decoder = seeded_tiny_qwen2_5(0)
     layer, x = decoder.layers[1], torch.randn(2, 12, decoder.tok_embeddings.embedding_dim)
     whole = layer(x)
@@ -404,7 +404,13 @@ def test_a_layers_attention_then_ffn_part_is_the_layer():
     assert add_layer_parts(layer) is add_layer_parts(layer) and list(layer.state_dict()) == keys
     torch.testing.assert_close(layer(layer(x, part="attention"), part="ffn"), whole, atol=0, rtol=0)
     torch.testing.assert_close(layer(x), whole, atol=0, rtol=0)
+    kept = torch.tensor([0, 5, 11, 13, 20])  # flat positions over [2, 12]
+    for got in (layer(x, outputs_at=kept), layer(layer(x, part="attention"), part="ffn", outputs_at=kept)):
+        assert got.shape == (1, 5, x.shape[-1])
+        torch.testing.assert_close(got[0], whole.flatten(0, 1)[kept])
     with pytest.raises(ValueError, match="layer part"):
         layer(x, part="mlp")
+    with pytest.raises(ValueError, match="outputs_at"):
+        layer(x, part="attention", outputs_at=kept)
     with pytest.raises(TypeError, match="TransformerSelfAttentionLayer"):
         add_layer_parts(torch.nn.Linear(2, 2))

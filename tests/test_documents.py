@@ -134,3 +134,27 @@ def test_a_sample_draws_the_same_initial_fast_weights_packed_or_alone():
     seeds = [fast_weight_seed(1234, 3, i) for i in packed.sample_index]
     assert len(set(seeds)) == 3 and seeds == [fast_weight_seed(1234, 3, d.sample_index[0]) for d in alone]
     assert fast_weight_seed(1234, 4, 0) != seeds[0] and fast_weight_seed(1, 3, 0) != seeds[0]
+
+
+@pytest.mark.parametrize("shape", [[[7]], [[3, 4], [9]], [[1, 12, 2], [5, 5]], [[7], [4]]])
+def test_a_layer_run_on_some_positions_only_routes_each_token_to_its_own_document(shape, monkeypatch):
+    """``at_positions``: the tokens kept as one row ``[1, N]`` (the last layer's response rows) keep their φ."""
+    monkeypatch.setattr(documents_module, "CHUNK_TOKENS", 4)
+    layout = layout_of(shape, 15)
+    docs = Documents.from_layout(layout)
+    g = torch.Generator().manual_seed(1)
+    valid = layout.valid.flatten().nonzero().squeeze(1)
+    positions = valid[torch.randperm(len(valid), generator=g)[: len(valid) // 2]].sort().values
+    x = torch.randn(len(shape), 15, 6, generator=g, dtype=torch.float64)
+    a = torch.randn(docs.count, 3, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(docs.count, 5, 3, generator=g, dtype=torch.float64)
+    linear = FastLoRALinear(6, 5, bias=False, scale=0.5, dtype=torch.float64)
+    for name, value in docs.at_positions(positions).slot_values({0: {"fast_a": a, "fast_b": b}})[0].items():
+        setattr(linear, name, value)
+    kept = x.flatten(0, 1)[positions]
+    got = linear(kept[None])[0]
+    expected = kept @ linear.weight.T
+    for row, position in enumerate(positions.tolist()):  # each token with its own document's pair, one by one
+        d = int(docs.token_document.flatten()[position]) if docs.routing != "shared" else 0
+        expected[row] += 0.5 * (b[d] @ (a[d] @ kept[row]))
+    torch.testing.assert_close(got, expected)
