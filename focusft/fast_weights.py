@@ -24,6 +24,8 @@ from torch import nn
 from torch.func import functional_call
 from torchtune.modules import TransformerDecoder
 
+from focusft.mixins import add_mixin
+
 # Paper (HF) projection names -> torchtune FeedForward attribute names.
 FFN_PROJECTIONS: dict[str, str] = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
 
@@ -173,18 +175,10 @@ class FastWeightSlotsMixin:
         return add_fast_low_rank(self, x, super().forward(x))
 
 
-_SLOTTED_CLASSES: dict[type, type] = {}
-
-
 def add_fast_weight_slots(module: nn.Module, scale: float) -> nn.Module:
-    """Give ``module`` (in place) empty fast-weight slots whose φ is added to its output."""
+    """Give ``module`` (in place: :func:`focusft.mixins.add_mixin`) empty fast-weight slots that add φ to its output."""
     if not isinstance(module, (FastLoRALinear, FastWeightSlotsMixin)):
-        cls = type(module)
-        if cls not in _SLOTTED_CLASSES:
-            _SLOTTED_CLASSES[cls] = type(
-                f"{cls.__name__}WithFastWeights", (FastWeightSlotsMixin, cls), {"__module__": __name__}
-            )
-        module.__class__ = _SLOTTED_CLASSES[cls]
+        add_mixin(module, FastWeightSlotsMixin, "WithFastWeights")
         for slot in FAST_SLOTS:
             module.register_buffer(slot, None, persistent=False)
     module.scale = scale

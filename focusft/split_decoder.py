@@ -24,6 +24,7 @@ from focusft.activation_memory import ActivationOffload, CheckpointMode, run_che
 from focusft.fast_weights import FastWeights, FastWeightSlots, run_layer
 from focusft.loss import token_cross_entropy
 from focusft.masks import AttentionMask
+from focusft.mixins import add_mixin
 from focusft.row_block_attention import install_row_block_attention
 
 IGNORE_INDEX = -100
@@ -68,24 +69,15 @@ class LayerPartsMixin:
         return self.sa_scale(self.attn(h, h, mask=mask, input_pos=input_pos)) + x
 
 
-_PARTED_CLASSES: dict[type, type] = {}
-
-
 def add_layer_parts(layer: nn.Module) -> nn.Module:
     """Let ``layer`` (a ``TransformerSelfAttentionLayer``, in place) run a sub-block alone or keep some positions.
 
-    See :class:`LayerPartsMixin`. The layer switches to a subclass, so parameters keep their objects and names (FSDP,
-    optimizer, checkpoints). Raises TypeError for any other layer type.
+    See :class:`LayerPartsMixin`; the layer keeps its parameters' objects and names
+    (:func:`focusft.mixins.add_mixin`). Raises TypeError for any other layer type.
     """
-    if isinstance(layer, LayerPartsMixin):
-        return layer
     if not isinstance(layer, TransformerSelfAttentionLayer):
         raise TypeError(f"FocuSFT splits a TransformerSelfAttentionLayer at its FFN; got {type(layer).__name__}.")
-    cls = type(layer)
-    if cls not in _PARTED_CLASSES:
-        _PARTED_CLASSES[cls] = type(f"{cls.__name__}WithParts", (LayerPartsMixin, cls), {"__module__": __name__})
-    layer.__class__ = _PARTED_CLASSES[cls]
-    return layer
+    return add_mixin(layer, LayerPartsMixin, "WithParts")
 
 
 class SplitDecoder(nn.Module):
