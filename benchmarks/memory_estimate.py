@@ -155,13 +155,16 @@ def layer_split(preset: Preset, layer_fraction: float) -> tuple[int, int]:
     return first, num_layers - first
 
 
-# The reduced models a scaled estimate runs: (trunk layers, adapted layers). Two adapted layers in
-# the base: the lowest adapted layer of an inner pass sends no gradient to its input (the trunk's
-# output is not differentiated there), so its backward is lighter than every other adapted layer's.
-# From a base with one adapted layer, the step to two would count that difference once per extra
-# layer (7B, 128K, FFN tiles 8K: 139.8 GiB scaled from (1, 1) against the 28-layer model's 108.9).
+# The reduced models a scaled estimate runs: (trunk layers, adapted layers). Three adapted layers
+# in the base, so that every reduced model has the two adapted layers unlike the others: the lowest
+# adapted layer of an inner pass sends no gradient to its input (the trunk's output is not
+# differentiated there), so its backward is lighter; the last layer runs its FFN on the response
+# positions only (focusft/split_decoder.py). The layers added then are middle layers, and so is the
+# layer whose backward holds a pass's peak in every reduced model. From a base without a middle
+# layer, the step up would count the middle layer's larger backward once per extra layer (7B, 16K:
+# FocuSFT 73.7 GiB scaled from (1, 2) against 66.0 from (1, 3) and from the whole 28 layers).
 # The lowest trunk layer is like the others: the embedding's gradient needs its input's gradient.
-BASE, MORE_TRUNK, MORE_ADAPTED = (1, 2), (2, 2), (1, 3)
+BASE, MORE_TRUNK, MORE_ADAPTED = (1, 3), (2, 3), (1, 4)
 
 
 def estimate_step(
@@ -174,9 +177,9 @@ def estimate_step(
 ) -> Estimate:
     """Peak memory of one training step of ``options`` at ``seq_len`` tokens (batch 1), in bytes, on fake tensors.
 
-    ``scaled`` (default) runs the step on three reduced models (:data:`BASE`: 1 trunk + 2
+    ``scaled`` (default) runs the step on three reduced models (:data:`BASE`: 1 trunk + 3
     adapted layers, one more trunk layer, one more adapted layer) and extrapolates to the
-    preset's layer counts: above the lowest layer of each kind the layers are identical, so
+    preset's layer counts: between the lowest layer of each kind and the last the layers are identical, so
     every quantity that can be the peak (the bytes alive before the step, the peak of each
     segment of the step, see :class:`SegmentTracker`) grows by a fixed amount per layer of
     each kind, and the estimate is the largest extrapolated segment peak. Its cost no longer
