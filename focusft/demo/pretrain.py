@@ -140,14 +140,16 @@ class Corpus:
         text: str = "mixed",
         chain_share: float = 0.5,
         rows_seed: int | str | None = None,
+        triggers: int = 12,
     ) -> None:
-        """``seed`` fixes the bigram language and, unless ``rows_seed`` is given, the rows drawn from it."""
+        """``seed`` fixes the bigram language (with ``triggers`` trigger tokens) and, unless ``rows_seed`` is given,
+        the rows drawn from it."""
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.length = length
         self.rng = random.Random(seed if rows_seed is None else rows_seed)
         self.high_entropy = text != "grammar"
         ordinary = sorted(self.tokenizer.get_vocab(with_added_tokens=False).values())
-        self.chain = BigramBackcopy(ordinary, seed) if text == "backcopy" else None
+        self.chain = BigramBackcopy(ordinary, seed, triggers=triggers) if text == "backcopy" else None
         self.chain_share = chain_share
         self.cache: dict[str, list[int]] = {}
         self.prefix = self.encode(SYSTEM_PREFIX)
@@ -248,10 +250,11 @@ def pretrain(args: argparse.Namespace) -> Path:
         num_kv_heads=max(1, args.heads // 2),
     )  # fmt: skip
     write_tiny_tokenizer(out, config.vocab_size)
-    corpus = Corpus(out / "tokenizer.json", args.seq_len, args.seed, args.text, args.chain_share)
+    tokenizer_file = out / "tokenizer.json"
+    corpus = Corpus(tokenizer_file, args.seq_len, args.seed, args.text, args.chain_share, triggers=args.triggers)
     samples = held_out_samples(out, args.measure_samples, args.measure_tokens)
     held_out = Corpus(
-        out / "tokenizer.json", args.seq_len, args.seed, args.text, args.chain_share, rows_seed=f"held-out|{args.seed}"
+        tokenizer_file, args.seq_len, args.seed, args.text, args.chain_share, f"held-out|{args.seed}", args.triggers
     )
     text_rows = held_out.batch(args.measure_rows)[:, : args.seq_len]
     text_queries = torch.arange(args.text_query_from, args.seq_len)
@@ -324,6 +327,13 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=0.5,
         help="backcopy: share of bigram chains among the pieces",
+    )
+    parser.add_argument(
+        "--triggers",
+        type=int,
+        default=12,
+        help="backcopy: number of trigger tokens in the bigram language (each is followed by a copy of the token "
+        "before it); the fewer, the longer the heads that copy stay idle",
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)

@@ -118,6 +118,16 @@ def test_back_copy_triggers_repeat_the_token_before_them():
     assert all(b in chain.next[a] for a, b in others)  # elsewhere: the bigram only
 
 
+def test_triggers_sets_the_number_of_trigger_tokens(tmp_path):
+    write_tiny_tokenizer(tmp_path)
+    assert len(Corpus(tmp_path / "tokenizer.json", 128, seed=0, text="backcopy").chain.triggers) == 12  # the default
+    corpus = Corpus(tmp_path / "tokenizer.json", 128, seed=0, text="backcopy", chain_share=1.0, triggers=3)
+    assert len(corpus.chain.triggers) == 3
+    stream = corpus.chain.stream(random.Random(0), 20000)
+    copies = [i for i in range(1, len(stream) - 1) if stream[i] in corpus.chain.triggers]
+    assert copies and all(stream[i + 1] == stream[i - 1] for i in copies)
+
+
 def test_backcopy_rows_mix_chains_and_stories_after_the_fixed_header(tmp_path):
     write_tiny_tokenizer(tmp_path)
     corpus = Corpus(tmp_path / "tokenizer.json", 256, seed=0, text="backcopy")
