@@ -51,6 +51,7 @@ from focusft.tiny import TinyQwenConfig, seeded_tiny_qwen2_5, write_model_files,
 
 SYSTEM_PREFIX = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 ASSISTANT_HEADER = "<|im_end|>\n<|im_start|>assistant\n"
+OPENINGS = {"header": SYSTEM_PREFIX, "first-token": "<|im_start|>"}  # --opening: what every pre-training row opens with
 
 _PERSONS = ("Mary", "John", "Sandra", "Daniel", "Fred", "Julie", "Bill", "Emma", "Jeff", "Yann")
 _PLACES = ("kitchen", "garden", "office", "hallway", "bedroom", "bathroom", "park", "school", "cinema")
@@ -141,9 +142,10 @@ class Corpus:
         chain_share: float = 0.5,
         rows_seed: int | str | None = None,
         triggers: int = 12,
+        opening: str = SYSTEM_PREFIX,
     ) -> None:
         """``seed`` fixes the bigram language (with ``triggers`` trigger tokens) and, unless ``rows_seed`` is given,
-        the rows drawn from it."""
+        the rows drawn from it; every row opens with ``opening``."""
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.length = length
         self.rng = random.Random(seed if rows_seed is None else rows_seed)
@@ -152,7 +154,7 @@ class Corpus:
         self.chain = BigramBackcopy(ordinary, seed, triggers=triggers) if text == "backcopy" else None
         self.chain_share = chain_share
         self.cache: dict[str, list[int]] = {}
-        self.prefix = self.encode(SYSTEM_PREFIX)
+        self.prefix = self.encode(opening)
         self.header = self.encode(ASSISTANT_HEADER)
 
     def encode(self, text: str) -> list[int]:
@@ -251,10 +253,12 @@ def pretrain(args: argparse.Namespace) -> Path:
     )  # fmt: skip
     write_tiny_tokenizer(out, config.vocab_size)
     tokenizer_file = out / "tokenizer.json"
-    corpus = Corpus(tokenizer_file, args.seq_len, args.seed, args.text, args.chain_share, triggers=args.triggers)
+    opening = OPENINGS[args.opening]
+    language = {"triggers": args.triggers, "opening": opening}
+    corpus = Corpus(tokenizer_file, args.seq_len, args.seed, args.text, args.chain_share, **language)
     samples = held_out_samples(out, args.measure_samples, args.measure_tokens)
     held_out = Corpus(
-        tokenizer_file, args.seq_len, args.seed, args.text, args.chain_share, f"held-out|{args.seed}", args.triggers
+        tokenizer_file, args.seq_len, args.seed, args.text, args.chain_share, f"held-out|{args.seed}", **language
     )
     text_rows = held_out.batch(args.measure_rows)[:, : args.seq_len]
     text_queries = torch.arange(args.text_query_from, args.seq_len)
@@ -334,6 +338,13 @@ def main(argv: list[str] | None = None) -> None:
         default=12,
         help="backcopy: number of trigger tokens in the bigram language (each is followed by a copy of the token "
         "before it); the fewer, the longer the heads that copy stay idle",
+    )
+    parser.add_argument(
+        "--opening",
+        choices=sorted(OPENINGS),
+        default="header",
+        help="header: every row opens with the demo's system header (its first user turn's opening tokens); "
+        "first-token: with its first token <|im_start|> only, so what follows varies from the second token on",
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)

@@ -12,6 +12,7 @@ from focusft.analysis.segments import SINK_TOKENS
 from focusft.demo import shipped_base
 from focusft.demo.pretrain import (
     ASSISTANT_HEADER,
+    OPENINGS,
     SYSTEM_PREFIX,
     BigramBackcopy,
     Corpus,
@@ -126,6 +127,14 @@ def test_triggers_sets_the_number_of_trigger_tokens(tmp_path):
     stream = corpus.chain.stream(random.Random(0), 20000)
     copies = [i for i in range(1, len(stream) - 1) if stream[i] in corpus.chain.triggers]
     assert copies and all(stream[i + 1] == stream[i - 1] for i in copies)
+
+
+def test_first_token_opening_fixes_only_the_first_token(tmp_path):
+    write_tiny_tokenizer(tmp_path)
+    corpus = Corpus(tmp_path / "tokenizer.json", 128, seed=0, text="backcopy", opening=OPENINGS["first-token"])
+    rows = corpus.batch(16)
+    assert rows.shape == (16, 129) and corpus.prefix == corpus.encode("<|im_start|>") and len(corpus.prefix) == 1
+    assert (rows[:, 0] == corpus.prefix[0]).all() and len(set(rows[:, 1].tolist())) > 1
 
 
 def test_backcopy_rows_mix_chains_and_stories_after_the_fixed_header(tmp_path):
