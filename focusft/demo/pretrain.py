@@ -144,8 +144,10 @@ class Corpus:
         triggers: int = 12,
         opening: str = SYSTEM_PREFIX,
     ) -> None:
-        """``seed`` fixes the bigram language (with ``triggers`` trigger tokens) and, unless ``rows_seed`` is given,
-        the rows drawn from it; every row opens with ``opening``."""
+        """Rows that open with ``opening``; ``seed`` fixes the bigram language (``triggers`` trigger tokens).
+
+        ``seed`` also draws the rows unless ``rows_seed`` is given.
+        """
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.length = length
         self.rng = random.Random(seed if rows_seed is None else rows_seed)
