@@ -171,7 +171,7 @@ def bilevel_step(
     def slot_values(fast: dict[int, FastWeights]) -> dict[int, FastWeights]:
         """Each head layer's slot values; the last layer's routed for the response tokens it runs on."""
         values = dict(documents.slot_values(fast))
-        values[model.last] = responses.slot_values(fast)[model.last]
+        values[model.last] = responses.slot_values({model.last: fast[model.last]})[model.last]
         return values
 
     fast = initial
