@@ -35,23 +35,29 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from focusft.bilevel import InnerLoopConfig
 from focusft.demo.cli import Demo, parse_args
 from focusft.demo.results import eval_scores, inner_loss_drop, read_metrics
 from focusft.demo.settings import VARIANTS, FastWeightScale
 from focusft.demo.stages import MARKER, StageError
+from focusft.fast_weights import FastWeightConfig
 
 TAIL = 10  # steps at the end of a run over which θ's and the outer loss (and the drop's onset) are averaged
 
 
 def setting(text: str) -> FastWeightScale:
-    """``INNER_LR,RANK,LAYER_FRACTION`` with alpha = 2 × rank, the demo's LoRA scale."""
+    """``INNER_LR,RANK,LAYER_FRACTION`` with alpha = 2 × rank (the demo's LoRA scale), checked as the recipe does."""
     try:
         lr, rank, fraction = text.split(",")
-        return FastWeightScale(
-            rank=int(rank), alpha=2.0 * int(rank), inner_lr=float(lr), layer_fraction=float(fraction)
-        )
+        fw = FastWeightScale(rank=int(rank), alpha=2.0 * int(rank), inner_lr=float(lr), layer_fraction=float(fraction))
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected INNER_LR,RANK,LAYER_FRACTION, got {text!r}") from err
+    try:
+        FastWeightConfig(rank=fw.rank, alpha=fw.alpha, layer_fraction=fw.layer_fraction)
+        InnerLoopConfig(lr=fw.inner_lr)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from err
+    return fw
 
 
 def tag(fw: FastWeightScale) -> str:
@@ -68,7 +74,10 @@ def onset(rows: list[dict[str, float]], window: int = TAIL, level: float = 0.5) 
 
 def log_figures(demo: Demo, fw: FastWeightScale) -> dict[str, Any]:
     """The metric log's figures of one setting's run, finished or stopped: steps, drop, θ's and outer loss."""
-    rows = read_metrics(demo.out / "runs" / f"train_{tag(fw)}" / "logs" / "metrics.txt")
+    log = demo.out / "runs" / f"train_{tag(fw)}" / "logs" / "metrics.txt"
+    if not log.is_file():
+        raise SystemExit(f"focusft-sweep: no metric log for {tag(fw)} at {log}: not trained yet, or training failed.")
+    rows = read_metrics(log)
     tail = rows[-TAIL:]
     return {
         "setting": tag(fw),

@@ -158,3 +158,14 @@ def test_row_block_size_prints_each_block_against_the_whole_mask(capsys):
     out = capsys.readouterr().out
     assert "| whole mask (SDPA; building the mask once:" in out
     assert "| row blocks of 16 |" in out and "| row blocks of 48 |" in out
+
+
+def test_fast_weight_sweep_names_a_bad_setting_or_a_missing_log_in_one_line(tmp_path, capsys):
+    from benchmarks import fast_weight_sweep
+
+    for bad, message in (("0.5,0,0.35", "rank must be"), ("0.5,1,1.5", "layer_fraction"), ("0.5,x,0.35", "expected")):
+        with pytest.raises(SystemExit):
+            fast_weight_sweep.main(["--setting", bad, "--report", "--output-dir", str(tmp_path)])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no metric log for lr0.5_r1_f0.35"):
+        fast_weight_sweep.main(["--setting", "0.5,1,0.35", "--report", "--output-dir", str(tmp_path)])
